@@ -1,0 +1,124 @@
+"""Read a prompt set (JSONL, CSV or plain text) into validated `PromptRecord`s.
+
+Every problem is reported with the file and line (``prompts.jsonl:2: ...``)
+before any model is loaded, so a bad prompt set never costs a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from tokenlens.errors import PromptSetError
+from tokenlens.tasks import SAFE_ID_HELP, PromptRecord, is_safe_id
+
+FORMATS = ("jsonl", "csv", "txt")
+JSONL_FIELDS = {"id", "prompt", "target", "max_new_tokens"}
+
+
+def detect_format(path: Path) -> str:
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in ("jsonl", "ndjson"):
+        return "jsonl"
+    if suffix == "csv":
+        return "csv"
+    if suffix in ("txt", "text", ""):
+        return "txt"
+    raise PromptSetError(
+        str(path), None, f"unknown prompt file type {path.suffix!r}; use .jsonl, .csv or .txt (one prompt per line)"
+    )
+
+
+def read_prompt_set(path: str | Path, fmt: str | None = None) -> list[PromptRecord]:
+    """Read and validate a whole prompt set; raise `PromptSetError` on the first bad line."""
+    file_path = Path(path)
+    name = str(path)
+    if not file_path.is_file():
+        raise PromptSetError(name, None, "file not found; pass the path to a .jsonl, .csv or .txt prompt set")
+    raw = file_path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise PromptSetError(
+            name, line, f"bytes that are not UTF-8 at byte {exc.start}; re-save the file as UTF-8"
+        ) from None
+    kind = fmt or detect_format(file_path)
+    if kind == "jsonl":
+        rows = _jsonl_rows(name, text)
+    elif kind == "csv":
+        rows = _csv_rows(name, text)
+    elif kind == "txt":
+        rows = [(i, {"prompt": line}) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    else:
+        raise PromptSetError(name, None, f"unknown format {kind!r}; use one of {', '.join(FORMATS)}")
+    if not rows:
+        raise PromptSetError(name, None, "no prompts found; the file is empty")
+    return _records(name, rows)
+
+
+def _jsonl_rows(name: str, text: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptSetError(name, number, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise PromptSetError(name, number, 'each line must be a JSON object like {"prompt": "..."}')
+        unknown = sorted(set(obj) - JSONL_FIELDS)
+        if unknown:
+            raise PromptSetError(
+                name, number, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(JSONL_FIELDS))}"
+            )
+        rows.append((number, obj))
+    return rows
+
+
+def _csv_rows(name: str, text: str) -> list[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+        raise PromptSetError(name, 1, "the CSV header needs a 'prompt' column (optional: id, target, max_new_tokens)")
+    rows = []
+    for row in reader:
+        values = {k: v for k, v in row.items() if k in JSONL_FIELDS and v not in (None, "")}
+        if "max_new_tokens" in values:
+            try:
+                values["max_new_tokens"] = int(values["max_new_tokens"])
+            except ValueError:
+                raise PromptSetError(name, reader.line_num, "max_new_tokens must be an integer") from None
+        rows.append((reader.line_num, values))
+    return rows
+
+
+def _records(name: str, rows: list[tuple[int, dict[str, Any]]]) -> list[PromptRecord]:
+    records: list[PromptRecord] = []
+    seen: dict[str, int] = {}
+    width = max(4, len(str(len(rows))))
+    for index, (line, obj) in enumerate(rows, 1):
+        prompt = obj.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PromptSetError(name, line, "missing or empty 'prompt'")
+        prompt_id = obj.get("id")
+        if prompt_id is None:
+            prompt_id = f"p{index:0{width}d}"
+        elif isinstance(prompt_id, int) and not isinstance(prompt_id, bool):
+            prompt_id = str(prompt_id)
+        if not isinstance(prompt_id, str) or not is_safe_id(prompt_id):
+            raise PromptSetError(name, line, f"id {prompt_id!r} is not a safe file name ({SAFE_ID_HELP})")
+        if prompt_id in seen:
+            raise PromptSetError(name, line, f"duplicate id {prompt_id!r} (first used on line {seen[prompt_id]})")
+        seen[prompt_id] = line
+        target = obj.get("target")
+        if target is not None and (not isinstance(target, str) or not target):
+            raise PromptSetError(name, line, "'target' must be a non-empty string")
+        max_new = obj.get("max_new_tokens")
+        if max_new is not None and (isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1):
+            raise PromptSetError(name, line, f"'max_new_tokens' must be a positive integer, got {max_new!r}")
+        records.append(PromptRecord(id=prompt_id, prompt=prompt, target=target, max_new_tokens=max_new))
+    return records

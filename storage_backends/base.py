@@ -1,0 +1,118 @@
+"""The storage contract every backend implements, documented once."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+class StorageError(Exception):
+    """Base class of every storage failure; the message says what to do."""
+
+
+class NotFoundError(StorageError, KeyError):
+    """The key does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class AlreadyExistsError(StorageError):
+    """A create-only write found the key already there (another writer won)."""
+
+
+class InvalidKeyError(StorageError, ValueError):
+    """A key that would escape the storage prefix or is not a safe path."""
+
+
+class StorageUnavailableError(StorageError):
+    """The backend can't be reached or refuses us (network, credentials, bucket)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its key relative to the storage root, and its size."""
+
+    key: str
+    size: int
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a safe relative key, else raise `InvalidKeyError`.
+
+    Keys are '/'-separated relative paths. Anything that could walk out of the
+    prefix (``..``, absolute paths, backslashes, NUL, empty segments) is refused,
+    so no caller can read or write outside the results URL it was given.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError("storage key must be a non-empty string")
+    if "\x00" in key or "\\" in key:
+        raise InvalidKeyError(f"storage key {key!r} contains NUL or a backslash")
+    if key.startswith("/"):
+        raise InvalidKeyError(f"storage key {key!r} is absolute; keys are relative to the results URL")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidKeyError(f"storage key {key!r} has an empty, '.' or '..' segment")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Like `validate_key`, but '' (everything) and a trailing '/' are allowed."""
+    if prefix == "":
+        return prefix
+    validate_key(prefix.rstrip("/") or "x")
+    if prefix.startswith("/"):
+        raise InvalidKeyError(f"prefix {prefix!r} is absolute")
+    return prefix
+
+
+def md5_hex(data: bytes) -> str:
+    """The checksum `fetch` compares to skip files it already has."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+class Storage(abc.ABC):
+    """Bytes under '/'-separated keys, relative to one root (a directory or a bucket prefix).
+
+    Every write is atomic: a reader sees the old object, the new one, or nothing,
+    never a partial file. Implementations validate every key with `validate_key`.
+    """
+
+    #: The URL this storage was opened from, without credentials.
+    url: str
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        """Store `data` at `key`, replacing what is there.
+
+        With ``if_absent=True`` the write only happens if nothing exists at `key`
+        yet; otherwise `AlreadyExistsError` is raised and the stored object is
+        untouched. Two concurrent create-only writers: exactly one wins.
+        """
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """Return the bytes at `key`; `NotFoundError` if there are none."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object exists at `key`."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, in key order, all pages."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key`; deleting a missing key is not an error."""
+
+    def check(self) -> None:
+        """Raise `StorageUnavailableError` with a useful message unless usable.
+
+        Called before any work starts, so that a bad results URL fails fast.
+        """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

@@ -1,0 +1,216 @@
+"""The one registry of attribution methods, their options, and which engines run them.
+
+Native methods (TokenLens's own exact, batched gradient engine) are the default
+for their names; every Inseq method is available through the Inseq engine.
+An unknown name or an option that doesn't fit raises an error that lists what
+would have worked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenlens.errors import MethodOptionError, UnknownMethodError
+
+ENGINES = ("auto", "native", "inseq")
+
+#: Inseq 0.7.1's `inseq.list_feature_attribution_methods()`, kept here so that
+#: validating a method name never imports Inseq (seconds of start-up).
+#: tests/unit/test_registry.py checks this list against the installed Inseq.
+INSEQ_METHODS: tuple[str, ...] = (
+    "attention",
+    "deeplift",
+    "discretized_integrated_gradients",
+    "dummy",
+    "gradient_shap",
+    "input_x_gradient",
+    "integrated_gradients",
+    "layer_deeplift",
+    "layer_gradient_x_activation",
+    "layer_integrated_gradients",
+    "lime",
+    "occlusion",
+    "reagent",
+    "saliency",
+    "sequential_integrated_gradients",
+    "value_zeroing",
+)
+
+ATTRIBUTED_FNS = ("probability", "logprob")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One method option: its type, default and what it means."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+    def coerce(self, method: str, value: Any) -> Any:
+        if self.kind is list:
+            if isinstance(value, str):
+                value = [int(v) for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+                raise MethodOptionError(f"option {self.name} of {method} takes a list of integers, got {value!r}")
+        elif self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                try:
+                    value = int(value)
+                except (TypeError, ValueError):
+                    raise MethodOptionError(
+                        f"option {self.name} of {method} takes an integer, got {value!r}"
+                    ) from None
+            if value < 1:
+                raise MethodOptionError(f"option {self.name} of {method} must be at least 1, got {value}")
+        elif self.kind is str and not isinstance(value, str):
+            raise MethodOptionError(f"option {self.name} of {method} takes a string, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise MethodOptionError(
+                f"option {self.name} of {method} must be one of {', '.join(map(str, self.choices))}, got {value!r}"
+            )
+        return value
+
+
+ATTRIBUTED_FN = OptionSpec(
+    "attributed_fn",
+    str,
+    "probability",
+    "what is differentiated: the output token's probability (Inseq's default) or its log-probability",
+    ATTRIBUTED_FNS,
+)
+SALIENCY_ATTRIBUTED_FN = OptionSpec(
+    "attributed_fn",
+    str,
+    "logprob",
+    "what is differentiated: log p (the seed's saliency) or p (Inseq's); normalized rows are identical",
+    ATTRIBUTED_FNS,
+)
+N_STEPS = OptionSpec("n_steps", int, 50, "integration steps from the baseline to the input")
+LAYERS = OptionSpec("layers", list, None, "attention layers to use (default: all, averaged as Inseq does)")
+HEADS = OptionSpec("heads", list, None, "attention heads to use (default: all, averaged as Inseq does)")
+TARGET_CHUNK = OptionSpec(
+    "target_chunk", int, 16, "output tokens per backward pass; halved automatically on out-of-memory"
+)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method name, what it does, its options, and which engines run it."""
+
+    name: str
+    summary: str
+    engines: tuple[str, ...]
+    options: Mapping[str, OptionSpec] = field(default_factory=dict)
+
+    @property
+    def has_native(self) -> bool:
+        return "native" in self.engines
+
+
+def _options(*specs: OptionSpec) -> dict[str, OptionSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+_NATIVE: dict[str, MethodSpec] = {
+    "saliency": MethodSpec(
+        "saliency",
+        "L2 norm of the gradient of each output token's score w.r.t. each source embedding",
+        ("native", "inseq"),
+        _options(SALIENCY_ATTRIBUTED_FN, TARGET_CHUNK),
+    ),
+    "input_x_gradient": MethodSpec(
+        "input_x_gradient",
+        "L2 norm of gradient x embedding, per source token",
+        ("native", "inseq"),
+        _options(ATTRIBUTED_FN, TARGET_CHUNK),
+    ),
+    "integrated_gradients": MethodSpec(
+        "integrated_gradients",
+        "gradients integrated from an UNK baseline to the input (Captum/Inseq rule)",
+        ("native", "inseq"),
+        _options(N_STEPS, ATTRIBUTED_FN, TARGET_CHUNK),
+    ),
+    "attention": MethodSpec(
+        "attention",
+        "attention weights of the chosen layers and heads, averaged",
+        ("native", "inseq"),
+        _options(LAYERS, HEADS),
+    ),
+}
+
+_INSEQ_SUMMARIES = {
+    "deeplift": "DeepLIFT on input embeddings (Inseq)",
+    "discretized_integrated_gradients": "integrated gradients along discrete token paths (Inseq)",
+    "dummy": "Inseq's dummy method: no attribution, for pipeline checks",
+    "gradient_shap": "GradientSHAP on input embeddings (Inseq)",
+    "layer_deeplift": "DeepLIFT on a layer's activations (Inseq)",
+    "layer_gradient_x_activation": "gradient x activation at a layer (Inseq)",
+    "layer_integrated_gradients": "integrated gradients on a layer's activations (Inseq)",
+    "lime": "LIME perturbation surrogate (Inseq)",
+    "occlusion": "occlusion of each source token (Inseq)",
+    "reagent": "ReAGent token replacement (Inseq)",
+    "sequential_integrated_gradients": "sequential integrated gradients (Inseq)",
+    "value_zeroing": "value zeroing of attention (Inseq)",
+}
+
+_INSEQ_ONLY: dict[str, MethodSpec] = {
+    name: MethodSpec(
+        name,
+        _INSEQ_SUMMARIES.get(name, f"{name} (Inseq)"),
+        ("inseq",),
+        _options(N_STEPS) if "integrated" in name or name == "gradient_shap" else {},
+    )
+    for name in INSEQ_METHODS
+    if name not in _NATIVE
+}
+
+METHODS: dict[str, MethodSpec] = {**_NATIVE, **_INSEQ_ONLY}
+
+
+def list_methods() -> list[MethodSpec]:
+    return [METHODS[name] for name in sorted(METHODS)]
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UnknownMethodError(name, METHODS) from None
+
+
+def resolve_engine(method: str, engine: str = "auto") -> str:
+    """The engine that runs `method`: native where one exists, unless Inseq is forced."""
+    spec = get_method(method)
+    if engine not in ENGINES:
+        raise MethodOptionError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "native" if spec.has_native else "inseq"
+    if engine not in spec.engines:
+        raise MethodOptionError(
+            f"method {method!r} has no {engine} engine; it runs on: {', '.join(spec.engines)}"
+        )
+    return engine
+
+
+def validate_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check `options` against the method and return them with defaults filled in.
+
+    Options set to None are treated as not given.
+    """
+    spec = get_method(method)
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(spec.options))
+    if unknown:
+        allowed = ", ".join(sorted(spec.options)) or "none"
+        raise MethodOptionError(
+            f"option(s) {', '.join(unknown)} do not apply to method {method!r}; its options are: {allowed}"
+        )
+    resolved: dict[str, Any] = {}
+    for name, option in spec.options.items():
+        resolved[name] = option.coerce(method, given[name]) if name in given else option.default
+    return resolved

