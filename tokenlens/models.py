@@ -129,7 +129,9 @@ def _alias_gguf_path(alias: str) -> Path:
         candidate = Path(location) / entry.filename
         if candidate.is_file():
             return candidate
-    raise ModelLoadError(f"{entry.filename} not found in the {entry.package} package; reinstall it ({entry.install_hint})")
+    raise ModelLoadError(
+        f"{entry.filename} not found in the {entry.package} package; reinstall it ({entry.install_hint})"
+    )
 
 
 def _dtype_kwarg(torch_dtype: Any) -> dict[str, Any]:
@@ -212,7 +214,6 @@ def load_model(
     Attention is eager by default: Inseq needs it under transformers 5 and the
     `attention` method needs the weights. Hub ids read HF_TOKEN as usual.
     """
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()

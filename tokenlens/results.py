@@ -1,9 +1,9 @@
 """The storage layout of a run, in one place: every read and write of TokenLens files goes through `RunStore`.
 
-    runs/<run_id>/run.json                   the run (RunManifest)
-    runs/<run_id>/results/<prompt_id>.json   TokenLens JSON (AnalysisResult)
-    runs/<run_id>/inseq/<prompt_id>.json     Inseq's native output, where Inseq ran
-    runs/<run_id>/errors/<prompt_id>.json    a prompt that failed for good (ErrorRecord)
+runs/<run_id>/run.json                   the run (RunManifest)
+runs/<run_id>/results/<prompt_id>.json   TokenLens JSON (AnalysisResult)
+runs/<run_id>/inseq/<prompt_id>.json     Inseq's native output, where Inseq ran
+runs/<run_id>/errors/<prompt_id>.json    a prompt that failed for good (ErrorRecord)
 """
 
 from __future__ import annotations
@@ -112,9 +112,7 @@ class RunStore:
     def ids(self, kind: str) -> set[str]:
         prefix = f"{self.prefix}{kind}/"
         return {
-            info.key[len(prefix) : -len(".json")]
-            for info in self.storage.list(prefix)
-            if info.key.endswith(".json")
+            info.key[len(prefix) : -len(".json")] for info in self.storage.list(prefix) if info.key.endswith(".json")
         }
 
     def counts(self) -> RunCounts:

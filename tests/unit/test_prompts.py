@@ -1,0 +1,74 @@
+"""Prompt set readers: the three formats, and every bad input named by file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from producer.prompts import read_prompt_set
+from tokenlens.errors import PromptSetError
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def test_jsonl_with_ids_targets_and_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "p.jsonl",
+        '{"id": "a", "prompt": "Hello"}\n\n{"prompt": "World", "target": "Yes", "max_new_tokens": 5}\n',
+    )
+    records = read_prompt_set(path)
+    assert [r.id for r in records] == ["a", "p0002"]
+    assert records[1].target == "Yes" and records[1].max_new_tokens == 5
+
+
+def test_csv_and_txt(tmp_path: Path) -> None:
+    csv_records = read_prompt_set(write(tmp_path, "p.csv", 'id,prompt\nx1,"Hi, there"\nx2,Bye\n'))
+    assert [(r.id, r.prompt) for r in csv_records] == [("x1", "Hi, there"), ("x2", "Bye")]
+    txt_records = read_prompt_set(write(tmp_path, "p.txt", "first prompt\n\nsecond prompt\n"))
+    assert [r.prompt for r in txt_records] == ["first prompt", "second prompt"]
+    assert len({r.id for r in txt_records}) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("bad.jsonl", '{"prompt": "ok"}\n{"prompt": oops}\n', "bad.jsonl:2: malformed JSON"),
+        ("bad.jsonl", '{"prompt": "ok"}\n{"id": "z"}\n', "bad.jsonl:2: missing or empty 'prompt'"),
+        ("bad.jsonl", '{"prompt": "   "}\n', "bad.jsonl:1: missing or empty 'prompt'"),
+        ("bad.jsonl", '{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', "bad.jsonl:2: duplicate id 'a'"),
+        ("bad.jsonl", '{"id": "../etc", "prompt": "x"}\n', "bad.jsonl:1: id '../etc' is not a safe file name"),
+        ("bad.jsonl", '{"id": "a/b", "prompt": "x"}\n', "not a safe file name"),
+        ("bad.jsonl", '{"prompt": "x", "temperature": 1}\n', "bad.jsonl:1: unknown field"),
+        ("bad.jsonl", '["x"]\n', "bad.jsonl:1: each line must be a JSON object"),
+        ("bad.jsonl", '{"prompt": "x", "max_new_tokens": 0}\n', "positive integer"),
+        ("bad.jsonl", "", "no prompts found"),
+        ("bad.csv", "text\nhello\n", "bad.csv:1: the CSV header needs a 'prompt' column"),
+        ("bad.xlsx", "whatever", "unknown prompt file type"),
+    ],
+)
+def test_bad_prompt_sets_name_file_and_line(tmp_path: Path, name: str, content: str, expected: str) -> None:
+    path = write(tmp_path, name, content)
+    with pytest.raises(PromptSetError) as caught:
+        read_prompt_set(path)
+    assert expected in str(caught.value)
+    assert str(caught.value).startswith(str(path))
+
+
+def test_non_utf8_bytes_report_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "latin.jsonl", b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(PromptSetError, match=r"latin.jsonl:2: bytes that are not UTF-8"):
+        read_prompt_set(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PromptSetError, match="file not found"):
+        read_prompt_set(tmp_path / "nope.jsonl")

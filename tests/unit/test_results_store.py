@@ -1,0 +1,52 @@
+"""RunStore: the storage layout of a run, create-only results, and state rebuilt from storage alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from storage_backends import LocalStorage
+from tokenlens.errors import RunNotFoundError, TokenLensError
+from tokenlens.results import RunStore, list_run_ids
+from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest
+
+
+def make_result(prompt_id: str, value: float = 1.0) -> AnalysisResult:
+    return AnalysisResult.model_validate(
+        {
+            "metadata": {"llm_id": "m", "prompt": "p", "prompt_id": prompt_id, "run_id": "r1"},
+            "data": {
+                "input_tokens": [{"token": "a", "token_id": 1, "clean_token": "a"}],
+                "output_tokens": [{"token": "b", "token_id": 2, "clean_token": "b"}],
+                "association_matrix": [[value, 0.0]],
+                "normalized_association": [[1.0, 0.0]],
+            },
+        }
+    )
+
+
+def test_layout_create_only_and_counts(tmp_path: Path) -> None:
+    store = RunStore(LocalStorage(tmp_path), "r1")
+    store.write_manifest(RunManifest(run_id="r1", model="m", method="saliency", prompt_count=3))
+    assert store.write_result(make_result("a", 1.0)) is True
+    assert store.write_result(make_result("a", 9.0)) is False  # never overwritten
+    assert store.read_result("a").data.association_matrix == [[1.0, 0.0]]
+    store.write_error(ErrorRecord(run_id="r1", prompt_id="b", prompt="p", error_type="E", message="boom"))
+    store.write_inseq("a", '{"native": true}')
+    assert (tmp_path / "runs/r1/results/a.json").is_file()
+    assert (tmp_path / "runs/r1/errors/b.json").is_file()
+    assert (tmp_path / "runs/r1/inseq/a.json").is_file()
+    counts = store.counts()
+    assert (counts.prompt_count, counts.done, counts.failed, counts.remaining) == (3, 1, 1, 1)
+    assert list(list_run_ids(LocalStorage(tmp_path))) == ["r1"]
+
+
+def test_missing_run_and_unsafe_ids(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(RunNotFoundError, match="tokenlens runs"):
+        RunStore(storage, "nope").read_manifest()
+    with pytest.raises(TokenLensError, match="not a safe file name"):
+        RunStore(storage, "../escape")
+    with pytest.raises(TokenLensError, match="not a safe file name"):
+        RunStore(storage, "ok").key("results", "a/../../b")
