@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint bench ui-build browser-deps clean help
+.PHONY: setup demo test test-fast lint bench ui-build system-deps clean help
 
 help:
 	@echo "make demo    set up, then attribute examples/prompts.jsonl with the bundled SmolLM2 model"
@@ -41,16 +41,18 @@ $(WEB_DIST): $(WEB_STAMP) $(shell find $(WEB)/src $(WEB)/index.html -type f 2>/d
 
 ui-build: $(WEB_DIST)
 
-# Headless Chromium for the browser tests (Debian's package; Playwright's own download can't work offline).
-browser-deps:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+# Debian packages the tests use: headless Chromium for the browser tests (Playwright's own browser
+# download can't work here) and shellcheck for the Slurm script.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 && command -v shellcheck >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq chromium shellcheck >/dev/null)
 
 setup: $(STAMP) ui-build
 
 demo: setup
 	$(BIN)/tokenlens run examples/prompts.jsonl --results ./results
 
-test: setup browser-deps
+test: setup system-deps
 	cd $(WEB) && npm test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

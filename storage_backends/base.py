@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class StorageError(Exception):
@@ -33,10 +33,13 @@ class StorageUnavailableError(StorageError):
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object: its key relative to the storage root, and its size."""
+    """One stored object: its key relative to the storage root, its size, and its MD5 if known for free."""
 
     key: str
     size: int
+    #: Hex MD5 of the content when the listing already tells it (an S3 single-part ETag), else None;
+    #: `Storage.md5(key)` always answers. Left out of equality: it is a hint, not identity.
+    md5: str | None = field(default=None, compare=False)
 
 
 def validate_key(key: str) -> str:
@@ -108,10 +111,15 @@ class Storage(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove `key`; deleting a missing key is not an error."""
 
-    def check(self) -> None:
+    def md5(self, key: str) -> str:
+        """Hex MD5 of the object at `key` (`NotFoundError` if none). Backends override it to avoid a download."""
+        return md5_hex(self.get(key))
+
+    def check(self, *, for_writing: bool = True) -> None:  # noqa: B027 (a no-op unless a backend has something to check)
         """Raise `StorageUnavailableError` with a useful message unless usable.
 
-        Called before any work starts, so that a bad results URL fails fast.
+        Called before any work starts, so that a bad results URL fails fast. Readers
+        (fetch, runs, the UI) pass ``for_writing=False``: a read-only results URL is fine for them.
         """
 
     def __repr__(self) -> str:

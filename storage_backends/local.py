@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -54,8 +56,18 @@ class LocalStorage(Storage):
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise NotFoundError(f"{key} not found in {self.url}") from None
+
+    def md5(self, key: str) -> str:
+        digest = hashlib.md5(usedforsecurity=False)
+        try:
+            with self._path(key).open("rb") as stored:
+                for block in iter(lambda: stored.read(1 << 20), b""):
+                    digest.update(block)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFoundError(f"{key} not found in {self.url}") from None
+        return digest.hexdigest()
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -81,12 +93,17 @@ class LocalStorage(Storage):
         yield from sorted(found, key=lambda info: info.key)
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
-        except FileNotFoundError:
-            pass
 
-    def check(self) -> None:
+    def check(self, *, for_writing: bool = True) -> None:
+        if not for_writing:
+            if not self.root.is_dir() or not os.access(self.root, os.R_OK | os.X_OK):
+                raise StorageUnavailableError(
+                    f"results directory {self.root} does not exist or is not readable; "
+                    "pass --results with the directory (or URL) the run wrote to"
+                )
+            return
         probe = self.root
         while not probe.exists():
             probe = probe.parent

@@ -26,6 +26,4 @@ def open_storage(url: str) -> Storage:
         from storage_backends.s3 import S3Storage  # boto3 is only imported when needed
 
         return S3Storage.from_url(url)
-    raise StorageError(
-        f"unknown results URL scheme {scheme!r} in {url!r}; use one of: {', '.join(SUPPORTED_SCHEMES)}"
-    )
+    raise StorageError(f"unknown results URL scheme {scheme!r} in {url!r}; use one of: {', '.join(SUPPORTED_SCHEMES)}")

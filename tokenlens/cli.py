@@ -4,6 +4,7 @@ only when used, so `tokenlens status` never pays for importing torch."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 from typing import Any

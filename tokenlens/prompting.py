@@ -34,7 +34,7 @@ def encode_text(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, i
     offsets: list[tuple[int, int]] | None
     try:
         encoded = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-        offsets = [tuple(pair) for pair in encoded["offset_mapping"]]  # type: ignore[misc]
+        offsets = [(int(pair[0]), int(pair[1])) for pair in encoded["offset_mapping"]]
     except (NotImplementedError, ValueError, TypeError):
         encoded = tokenizer(text, add_special_tokens=True)
         offsets = None

@@ -53,6 +53,10 @@ class AnalysisMetadata(BaseModel):
     method_params: dict[str, Any] = Field(default_factory=dict)
     #: Seconds spent per phase for this prompt (generation, attribution, ...).
     timings_s: dict[str, float] = Field(default_factory=dict)
+    #: True when the output is the prompt's forced `target`, not a generation.
+    forced_target: bool = False
+    device: str | None = None
+    dtype: str | None = None
 
 
 class AnalysisData(BaseModel):

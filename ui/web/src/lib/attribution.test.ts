@@ -1,0 +1,92 @@
+import { describe, expect, it } from "vitest";
+import { catResult } from "../testFixtures";
+import {
+  displayToken,
+  formatValue,
+  ResultFormatError,
+  strengthMatrix,
+  toAttribution,
+  topSources,
+  visibleColumns,
+  visibleRows,
+  type ViewOptions,
+} from "./attribution";
+
+const view = (patch: Partial<ViewOptions> = {}): ViewOptions => ({ mode: "normalized", threshold: 0, hideTemplate: false, ...patch });
+
+describe("toAttribution", () => {
+  it("flattens both matrices row-major", () => {
+    const att = toAttribution(catResult());
+    expect([att.nIn, att.nOut, att.width]).toEqual([5, 3, 8]);
+    expect(att.raw[1 * 8 + 3]).toBe(-3);
+    expect(att.normalized[0]).toBe(1);
+  });
+
+  it("names the matrix and row that break the contract", () => {
+    const file = catResult();
+    file.data.association_matrix[1] = [1, 2];
+    expect(() => toAttribution(file)).toThrow(ResultFormatError);
+    expect(() => toAttribution(file)).toThrow(/association_matrix row 1 must have nIn \+ nOut = 8/);
+    const missing = catResult();
+    missing.data.normalized_association.pop();
+    expect(() => toAttribution(missing)).toThrow(/one row per output token \(3\)/);
+  });
+});
+
+describe("strengths and top sources", () => {
+  it("normalized: each row's strongest shown source is 1", () => {
+    const att = toAttribution(catResult());
+    const s = strengthMatrix(att, view());
+    expect(s[0]).toBeCloseTo(1); // <s> dominates row 0 while template tokens are shown
+    expect(s[2]).toBeCloseTo(4 / 9);
+  });
+
+  it("hiding template tokens rescales over the shown sources", () => {
+    const att = toAttribution(catResult());
+    const s = strengthMatrix(att, view({ hideTemplate: true }));
+    expect(s[0]).toBe(0);
+    expect(s[2]).toBeCloseTo(1); // " cat" is now row 0's strongest
+    expect(topSources(att, s, 0, view({ hideTemplate: true }))[0].token.clean_token).toBe(" cat");
+    expect(visibleColumns(att, true)).toEqual([1, 2, 3, 5, 6, 7]);
+    expect(visibleRows(att, true)).toEqual([0, 1, 2]);
+  });
+
+  it("raw: one scale for the whole matrix, by absolute value", () => {
+    const att = toAttribution(catResult());
+    const s = strengthMatrix(att, view({ mode: "raw", hideTemplate: true }));
+    // The largest shown |raw| is 6 (row 2, output 0).
+    expect(s[2 * 8 + 5]).toBeCloseTo(1);
+    expect(s[1 * 8 + 3]).toBeCloseTo(3 / 6);
+    const top = topSources(att, s, 1, view({ mode: "raw", hideTemplate: true }));
+    expect(top[0].token.clean_token).toBe(" sat");
+    expect(top[0].value).toBe(-3);
+  });
+
+  it("only earlier tokens are sources, strongest first, above the threshold", () => {
+    const att = toAttribution(catResult());
+    const options = view({ hideTemplate: true, threshold: 0.1 });
+    const s = strengthMatrix(att, options);
+    const top = topSources(att, s, 2, options);
+    expect(top.map((x) => x.column)).toEqual([5, 6]);
+    expect(top[0].kind).toBe("output");
+    expect(top[0].position).toBe(0);
+    expect(top.every((x) => x.column < att.nIn + 2)).toBe(true);
+    const strengths = top.map((x) => x.strength);
+    expect([...strengths].sort((a, b) => b - a)).toEqual(strengths);
+  });
+});
+
+describe("display", () => {
+  it("makes whitespace visible", () => {
+    expect(displayToken({ token: "Ċ", token_id: 1, clean_token: "\n" })).toBe("↵");
+    expect(displayToken({ token: "x", token_id: 1, clean_token: "" })).toBe("x");
+    expect(displayToken({ token: "", token_id: 1, clean_token: "" })).toBe("∅");
+  });
+
+  it("formats values compactly", () => {
+    expect(formatValue(0)).toBe("0");
+    expect(formatValue(0.123456)).toBe("0.123");
+    expect(formatValue(-0.00001234)).toBe("-1.23e-5");
+    expect(formatValue(123456)).toBe("1.23e+5");
+  });
+});
