@@ -73,7 +73,7 @@ def test_every_deploy_file_is_described() -> None:
 
 
 def test_quoted_queue_names_are_the_real_ones() -> None:
-    from producer.queue import queue_name
+    from tokenlens.queue import queue_name
 
     quoted = re.findall(r"queue_name\(\"([^\"]+)\"\)", TEXT)
     assert quoted

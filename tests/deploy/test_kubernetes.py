@@ -11,7 +11,6 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from producer.queue import queue_name
 from tests.deploy.deploy_files import (
     K8S,
     REPO,
@@ -28,6 +27,7 @@ from tests.deploy.deploy_files import (
     pod_spec,
     worker_deployments,
 )
+from tokenlens.queue import queue_name
 from worker.settings import SHUTDOWN_GRACE_S
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")

@@ -1,0 +1,196 @@
+"""`tokenlens submit`, `tokenlens status` and `tokenlens cancel`: distributed runs from the user's side.
+
+None of these imports torch or Celery: they talk to Redis and storage directly.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tokenlens.cli_run import collect_method_options, method_options, new_run_id
+from tokenlens.engine.registry import ENGINES
+from tokenlens.settings import Settings
+
+BROKER_HELP = "Redis URL (default: $TOKENLENS_BROKER_URL, else redis://localhost:6379/0)."
+RESULTS_HELP = "Results directory or URL (default: $TOKENLENS_RESULTS, else ./results)."
+
+
+@click.command("submit")
+@click.argument("prompts", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "-m", required=True, help="Alias, Hugging Face id, local dir or .gguf; workers use the same.")
+@click.option("--method", default="saliency", show_default=True, help="Attribution method (`tokenlens methods`).")
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="auto",
+    show_default=True,
+    help="auto: the native engine where the method has one, else Inseq. inseq: force Inseq.",
+)
+@click.option("--results", "results_url", help=RESULTS_HELP)
+@click.option("--broker", "broker_url", help=BROKER_HELP)
+@click.option(
+    "--run-id", help="Name the run; an existing run id is resumed (only prompts without a result are queued)."
+)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Prompts per queued batch.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Tokens to generate per prompt.")
+@click.option("--chat/--no-chat", default=True, show_default=True, help="Apply the tokenizer's chat template.")
+@method_options
+def submit_command(
+    prompts: Path,
+    model: str,
+    method: str,
+    engine: str,
+    results_url: str | None,
+    broker_url: str | None,
+    run_id: str | None,
+    batch_size: int,
+    max_new_tokens: int,
+    chat: bool,
+    **flags: Any,
+) -> None:
+    """Validate PROMPTS and queue them, in batches, for workers running MODEL.
+
+    Nothing is queued unless the prompt set, method, options, results URL and
+    broker are all fine. Workers must be able to write to the results URL (use
+    S3, or a directory they share). Submitting an existing --run-id again
+    resumes it: only prompts without a result are queued.
+
+    \b
+    Example:
+      tokenlens submit prompts.jsonl --model smollm2-135m-instruct --results s3://bucket/tokenlens
+      tokenlens worker --model smollm2-135m-instruct          # on each GPU node, one per GPU (--gpu N)
+      tokenlens status RUN_ID --watch
+    """
+    from producer.submit import submit_run
+    from tokenlens.queue import redact_url
+
+    settings = Settings.from_env(results_url=results_url, broker_url=broker_url)
+    options = collect_method_options(method, **flags)
+    report = submit_run(
+        prompts,
+        model=model,
+        method=method,
+        results_url=settings.results_url,
+        broker_url=settings.broker_url,
+        run_id=run_id or new_run_id(method),
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        engine=engine,
+        method_params=options,
+        chat_template=chat,
+    )
+    verb = "resumed" if report.resumed else "submitted"
+    click.echo(
+        f"{verb} run {report.run_id}: {report.enqueued_prompts} prompts in {report.enqueued_batches} batches "
+        f"on queue {report.queue}"
+        + (f" ({report.already_done} already done)" if report.already_done else "")
+        + f" in {report.elapsed_s:.1f}s"
+    )
+    broker_flag = f" --broker {redact_url(settings.broker_url)}" if broker_url else ""
+    results_flag = f" --results {results_url}" if results_url else ""
+    click.echo(f"start workers:  tokenlens worker --model {model}{broker_flag}")
+    click.echo(f"watch it:       tokenlens status {report.run_id}{results_flag}{broker_flag} --watch")
+    # The run id alone on the last line, for scripts: RUN=$(tokenlens submit ... | tail -1)
+    click.echo(report.run_id)
+
+
+def _duration(seconds: float | None) -> str:
+    """Seconds as 1h02m03s / 2m03s / 3s."""
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def describe_status(status: Any) -> list[str]:
+    """The lines `tokenlens status` prints."""
+    counts, manifest, queue = status.counts, status.manifest, status.queue
+    lines = [
+        f"run {status.run_id}: {manifest.method} on {manifest.model} ({manifest.mode})",
+        f"  done       {counts.done}/{counts.prompt_count}",
+        f"  failed     {counts.failed}",
+    ]
+    if queue is not None:
+        lines += [
+            f"  queued     {queue.queued_prompts} prompts ({queue.queued_batches} batches)",
+            f"  in flight  {queue.in_flight_prompts} prompts ({queue.in_flight_batches} batches)",
+        ]
+        rate = status.throughput_per_s()
+        lines.append(f"  throughput {rate:.2f} prompts/s" if rate is not None else "  throughput -")
+        lines.append(f"  ETA        {_duration(status.eta_s()) if not status.finished else 'finished'}")
+        if queue.cancelled:
+            lines.append("  cancelled: queued batches were removed; `tokenlens submit` with this --run-id resumes it")
+    else:
+        lines.append(f"  note: {status.queue_note}")
+    return lines
+
+
+@click.command("status")
+@click.argument("run_id")
+@click.option("--results", "results_url", help=RESULTS_HELP)
+@click.option("--broker", "broker_url", help=BROKER_HELP)
+@click.option("--watch", is_flag=True, help="Show a live progress bar until the run finishes (Ctrl+C to leave).")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between updates with --watch.")
+def status_command(run_id: str, results_url: str | None, broker_url: str | None, watch: bool, interval: float) -> None:
+    """Show RUN_ID's progress: done, failed, queued, in flight, throughput and ETA.
+
+    Done and failed come from the results URL, so they are right even when Redis
+    was flushed or is down (the command says so); queued and in flight come from Redis.
+    """
+    from producer.submit import run_status
+
+    settings = Settings.from_env(results_url=results_url, broker_url=broker_url)
+    status = run_status(run_id, results_url=settings.results_url, broker_url=settings.broker_url)
+    if not watch:
+        click.echo("\n".join(describe_status(status)))
+        return
+    from tqdm import tqdm
+
+    total = status.counts.prompt_count
+    finished = status.counts.done + status.counts.failed
+    # Start the bar where the run is, so its rate and ETA measure progress made while watching.
+    with tqdm(total=total, initial=finished, unit="prompt", desc=run_id, file=sys.stdout, dynamic_ncols=True) as bar:
+        while True:
+            now_finished = status.counts.done + status.counts.failed
+            bar.update(now_finished - finished)
+            finished = now_finished
+            postfix: dict[str, Any] = {"failed": status.counts.failed}
+            if status.queue is not None:
+                postfix.update(queued=status.queue.queued_prompts, in_flight=status.queue.in_flight_prompts)
+                eta = status.eta_s()
+                if eta is not None:
+                    postfix["eta"] = _duration(eta)
+            else:
+                postfix["redis"] = "n/a"
+            bar.set_postfix(postfix)
+            if status.finished:
+                break
+            time.sleep(interval)
+            status = run_status(run_id, results_url=settings.results_url, broker_url=settings.broker_url)
+    click.echo("\n".join(describe_status(status)))
+
+
+@click.command("cancel")
+@click.argument("run_id")
+@click.option("--broker", "broker_url", help=BROKER_HELP)
+@click.option("--results", "results_url", help="Results URL, to find the run's queue if Redis has forgotten it.")
+def cancel_command(run_id: str, broker_url: str | None, results_url: str | None) -> None:
+    """Remove RUN_ID's queued batches; workers drop its batches they already hold. Results stay.
+
+    `tokenlens submit` with the same --run-id resumes the run later.
+    """
+    from producer.submit import cancel_run
+
+    settings = Settings.from_env(broker_url=broker_url, results_url=results_url)
+    report = cancel_run(run_id, broker_url=settings.broker_url, results_url=settings.results_url)
+    click.echo(
+        f"cancelled run {run_id}: removed {report.removed_batches} queued batches from {report.queue}; "
+        f"{report.in_flight_batches} running batches stop at their next sub-batch. Finished results stay."
+    )

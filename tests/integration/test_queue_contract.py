@@ -1,0 +1,111 @@
+"""The queue contract (tokenlens/queue.py) against real Redis and real Celery/kombu code, without workers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from tokenlens.queue import RUN_HEADER, TASK_NAME, RunKeys, RunQueue, build_message, queue_name
+from tokenlens.tasks import BatchTask, PromptRecord
+from worker.settings import LeaseTiming
+
+pytestmark = pytest.mark.integration
+
+
+def _batch(run_id: str, *prompt_ids: str) -> BatchTask:
+    prompts = [PromptRecord(id=pid, prompt=f"prompt {pid}") for pid in prompt_ids]
+    return BatchTask(run_id=run_id, results_url="/tmp/r", model="org/model", method="saliency", prompts=prompts)
+
+
+def test_submit_builds_the_message_celery_would_send(broker_url: str) -> None:
+    client = redis.Redis.from_url(broker_url)
+    batch = _batch("run-a", "p1", "p2")
+    app = Celery("contract", broker=broker_url)
+    app.conf.update(task_serializer="json", accept_content=["json"])
+    app.send_task(TASK_NAME, args=[batch.model_dump(mode="json")], kwargs={"batch_id": "b1"}, queue="celery-made")
+    ours = json.loads(build_message(batch, "b1", "ours"))
+    theirs = json.loads(client.lpop("celery-made"))
+
+    assert set(ours) == set(theirs)
+    assert set(ours["headers"]) - {RUN_HEADER} == set(theirs["headers"])
+    assert set(ours["properties"]) == set(theirs["properties"])
+    for name in ("task", "lang", "retries", "timelimit"):
+        assert ours["headers"][name] == theirs["headers"][name]
+    for name in ("content-type", "content-encoding"):
+        assert ours[name] == theirs[name]
+    assert ours["properties"]["body_encoding"] == theirs["properties"]["body_encoding"] == "base64"
+    assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": "ours"}
+    assert json.loads(base64.b64decode(ours["body"])) == json.loads(base64.b64decode(theirs["body"]))
+
+
+def test_cancel_removes_only_its_runs_batches_in_order(broker_url: str) -> None:
+    client = redis.Redis.from_url(broker_url)
+    queue = queue_name("org/model")
+    mine, other = RunQueue(client, "mine"), RunQueue(client, "other")
+    mine.enqueue([_batch("mine", "a")], queue, ["m1"])
+    other.enqueue([_batch("other", "b")], queue, ["o1"])
+    mine.enqueue([_batch("mine", "c")], queue, ["m2"])
+    other.enqueue([_batch("other", "d")], queue, ["o2"])
+    assert client.hlen(RunKeys("mine").queued) == 2
+
+    assert mine.remove_queued(queue) == 2
+    left = [json.loads(raw)["headers"] for raw in client.lrange(queue, 0, -1)]
+    assert [h["id"] for h in left] == ["other:o2", "other:o1"]
+    assert client.hlen(RunKeys("mine").queued) == 0
+    assert client.hlen(RunKeys("other").queued) == 2
+    assert mine.remove_queued(queue) == 0
+
+
+def test_attempts_are_counted_per_prompt_and_refunded(broker_url: str) -> None:
+    run = RunQueue(redis.Redis.from_url(broker_url), "counting")
+    assert run.attempts(["a", "b"]) == {"a": 0, "b": 0}
+    assert run.charge(["a", "b"]) == {"a": 1, "b": 1}
+    assert run.charge(["a"]) == {"a": 2}
+    run.refund(["b"])
+    assert run.attempts(["a", "b"]) == {"a": 2, "b": 0}
+    run.reset_attempts(["a"])
+    assert run.attempts(["a"]) == {"a": 0}
+
+
+def test_batches_move_from_queued_to_in_flight_once(broker_url: str) -> None:
+    client = redis.Redis.from_url(broker_url)
+    run = RunQueue(client, "moving")
+    run.register({"model": "org/model", "queue": queue_name("org/model"), "prompt_count": 5})
+    run.enqueue([_batch("moving", "a", "b", "c"), _batch("moving", "d", "e")], queue_name("org/model"), ["b1", "b2"])
+    run.mark_taken("b1", 3)
+    run.mark_taken("b1", 3)  # redelivered after a crash: still one batch in flight
+    progress = run.progress()
+    assert progress is not None
+    assert (progress.queued_prompts, progress.queued_batches) == (2, 1)
+    assert (progress.in_flight_prompts, progress.in_flight_batches) == (3, 1)
+    assert progress.number("started_at") is not None
+    run.mark_finished("b1")
+    progress = run.progress()
+    assert progress is not None and progress.in_flight_batches == 0
+    assert RunQueue(client, "never-submitted").progress() is None
+
+
+def test_queue_names_are_stable_slugs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = tmp_path / "My Model"
+    model_dir.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert queue_name("My Model") == queue_name(str(model_dir)) == queue_name(f"{tmp_path}/./My Model")
+    assert queue_name("Qwen/Qwen2.5-0.5B-Instruct") == "tokenlens.qwen-qwen2.5-0.5b-instruct"
+    assert queue_name("smollm2-135m-instruct") == "tokenlens.smollm2-135m-instruct"
+    long_a, long_b = queue_name("org/" + "x" * 200 + "a"), queue_name("org/" + "x" * 200 + "b")
+    assert long_a != long_b and len(long_a) < 100
+
+
+def test_lease_timing_returns_a_lost_batch_within_the_lease() -> None:
+    for lease_s in (4.0, 15.0, 600.0, 7200.0):
+        timing = LeaseTiming.from_lease(lease_s)
+        assert timing.visibility_timeout_s + timing.restore_interval_s == pytest.approx(lease_s)
+        assert timing.heartbeat_interval_s * 3 < timing.visibility_timeout_s
+    assert LeaseTiming.from_lease(600).restore_interval_s == 30
+    with pytest.raises(ValueError, match="TOKENLENS_LEASE_TIMEOUT=2 is too short"):
+        LeaseTiming.from_lease(2)

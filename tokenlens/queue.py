@@ -1,0 +1,377 @@
+"""The queue contract shared by `submit`, `status`, `cancel` and the worker: queue names, messages, Redis keys.
+
+Everything a run keeps in Redis is named here, once (like rq's key templates):
+
+    tokenlens.<model-slug>              the model's queue (a kombu/Celery list; one per model)
+    tokenlens:run:<run_id>              hash: the run as submitted (model, queue, counts, times)
+    tokenlens:run:<run_id>:queued       hash: batch id -> prompts, for batches waiting in the queue
+    tokenlens:run:<run_id>:in_flight    hash: batch id -> prompts, for batches a worker has taken
+    tokenlens:run:<run_id>:attempts     hash: prompt id -> tries started (survives worker crashes)
+    tokenlens:run:<run_id>:cancelled    string: set by `tokenlens cancel`; workers drop the run's batches
+
+A batch is in exactly one of `queued` / `in_flight` at a time, keyed by its id, so
+a batch redelivered after a crash moves again without double counting.
+Storage (results/ and errors/) stays the truth about finished prompts; these
+keys only say what is waiting and running, and can be lost (a flushed Redis)
+without losing a result.
+
+Submit builds Celery protocol-2 JSON messages itself and pushes them with a
+Redis pipeline (100k prompts in seconds); the worker consumes them with Celery.
+The worker imports this module too: it is the one place both sides agree on.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+
+from tokenlens.errors import TokenLensError
+from tokenlens.tasks import BatchTask
+
+#: The Celery task name every batch message carries (worker/tasks.py registers it).
+TASK_NAME = "tokenlens.attribute_batch"
+#: A message header naming the batch's run, so `cancel` can find a run's batches without decoding bodies.
+RUN_HEADER = "tokenlens_run"
+QUEUE_PREFIX = "tokenlens."
+KEY_PREFIX = "tokenlens:run:"
+#: Bookkeeping keys expire this long after the run's last activity; storage keeps the results forever.
+RUN_KEYS_TTL_S = 30 * 24 * 3600
+#: kombu's Redis transport keeps each delivered-but-unacked message's delivery time here (its default
+#: name); the worker's lease heartbeat renews its own entry (see worker/app.py).
+UNACKED_INDEX_KEY = "unacked_index"
+#: Redis commands sent per pipeline round trip when enqueueing.
+PIPELINE_CHUNK = 1000
+BROKER_SCHEMES = ("redis", "rediss", "unix")
+
+
+class BrokerError(TokenLensError):
+    """The broker URL is not a Redis URL, or the Redis behind it can't be reached."""
+
+
+def queue_name(model: str) -> str:
+    """The queue of a model: ``tokenlens.<slug>``, the same for submit, worker, status and cancel.
+
+    A local model directory is named by its absolute path, so `./models/x` and
+    `/abs/models/x` share a queue. Long names keep their tail and gain a hash.
+    """
+    spec = os.path.realpath(model) if os.path.exists(model) else model
+    slug = re.sub(r"[^a-z0-9._-]+", "-", spec.lower()).strip("-.") or "model"
+    if len(slug) > 80:
+        digest = hashlib.sha1(spec.encode("utf-8")).hexdigest()[:10]
+        slug = f"{slug[-60:].lstrip('-.')}-{digest}"
+    return QUEUE_PREFIX + slug
+
+
+def redact_url(url: str) -> str:
+    """A broker URL safe to print: the password replaced by ***."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.rsplit("@", 1)[1]
+    user = parsed.username or ""
+    return urlunparse(parsed._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def connect_broker(url: str, *, check: bool = True, timeout_s: float = 5.0, patient: bool = False) -> redis.Redis:
+    """A Redis client for the broker URL; with `check`, raise `BrokerError` unless it answers PING.
+
+    A `patient` client (the worker's) retries a lost connection for about half a
+    minute, so a Redis restart in the middle of a batch costs a pause, not the batch.
+    """
+    scheme = urlparse(url).scheme.lower()
+    if scheme not in BROKER_SCHEMES:
+        raise BrokerError(
+            f"broker URL {redact_url(url)!r} is not a Redis URL; TokenLens queues on Redis "
+            "(redis://host:6379/0, rediss://... or unix:///path.sock): pass --broker or set TOKENLENS_BROKER_URL"
+        )
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.2), 20) if patient else Retry(NoBackoff(), 1)
+    client = redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=max(timeout_s, 10.0),
+        health_check_interval=30,
+        retry=retry,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+    if check:
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise BrokerError(
+                f"can't reach the broker at {redact_url(url)} ({exc}); start Redis there or pass the right "
+                "--broker / TOKENLENS_BROKER_URL"
+            ) from None
+    return client
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def build_message(task: BatchTask, batch_id: str, queue: str) -> str:
+    """One batch as the JSON message Celery's Redis transport stores (protocol 2, JSON body, no pickle).
+
+    This is what `app.send_task(TASK_NAME, args=[task], kwargs={"batch_id": ...}, queue=queue)`
+    would push, built directly so that submit needs neither a Celery app nor one
+    round trip per batch.
+    """
+    task_id = f"{task.run_id}:{batch_id}"
+    body = [
+        [task.model_dump(mode="json")],
+        {"batch_id": batch_id},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": TASK_NAME,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        # Shown by Flower and the worker log instead of the prompt texts.
+        "argsrepr": f"[<{len(task.prompts)} prompts of run {task.run_id}>]",
+        "kwargsrepr": repr({"batch_id": batch_id}),
+        "origin": f"tokenlens@{socket.gethostname()}",
+        "ignore_result": True,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+        RUN_HEADER: task.run_id,
+    }
+    envelope = {
+        "body": base64.b64encode(json.dumps(body).encode("utf-8")).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": None,
+            "delivery_mode": 2,
+            # The default exchange: kombu routes a restored (redelivered) message back to this queue by name.
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope)
+
+
+# Removes one run's messages from a queue list in one atomic step (workers BRPOP the
+# same list concurrently). LREM per message would be quadratic on a long queue.
+_REMOVE_RUN_SCRIPT = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local keep = {}
+local removed = 0
+for _, raw in ipairs(items) do
+  local ok, message = pcall(cjson.decode, raw)
+  if ok and type(message) == 'table' and type(message['headers']) == 'table'
+      and message['headers'][ARGV[2]] == ARGV[1] then
+    removed = removed + 1
+  else
+    keep[#keep + 1] = raw
+  end
+end
+if removed > 0 then
+  redis.call('DEL', KEYS[1])
+  for i = 1, #keep, 1000 do
+    redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
+  end
+end
+return removed
+"""
+
+
+@dataclass(frozen=True)
+class RunKeys:
+    """The Redis keys of one run (see the module docstring)."""
+
+    run_id: str
+
+    @property
+    def info(self) -> str:
+        return f"{KEY_PREFIX}{self.run_id}"
+
+    @property
+    def queued(self) -> str:
+        return f"{KEY_PREFIX}{self.run_id}:queued"
+
+    @property
+    def in_flight(self) -> str:
+        return f"{KEY_PREFIX}{self.run_id}:in_flight"
+
+    @property
+    def attempts(self) -> str:
+        return f"{KEY_PREFIX}{self.run_id}:attempts"
+
+    @property
+    def cancelled(self) -> str:
+        return f"{KEY_PREFIX}{self.run_id}:cancelled"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.info, self.queued, self.in_flight, self.attempts, self.cancelled)
+
+
+@dataclass(frozen=True)
+class QueueProgress:
+    """What Redis knows about a run: batches waiting and running, and when it was submitted and started."""
+
+    queued_prompts: int
+    queued_batches: int
+    in_flight_prompts: int
+    in_flight_batches: int
+    cancelled: bool
+    info: dict[str, str]
+
+    def number(self, name: str) -> float | None:
+        raw = self.info.get(name)
+        try:
+            return float(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+
+def _sum_counts(values: Iterable[bytes]) -> int:
+    return sum(int(v) for v in values)
+
+
+class RunQueue:
+    """One run's batches on its model's queue, and the bookkeeping that says where each batch is."""
+
+    def __init__(self, client: redis.Redis, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.keys = RunKeys(run_id)
+
+    # submit ------------------------------------------------------------------
+    def register(self, fields: dict[str, Any]) -> None:
+        """Record the run as submitted (overwrites the fields given) and clear an earlier cancel."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.info, mapping={k: str(v) for k, v in fields.items()})
+        pipe.delete(self.keys.cancelled)
+        pipe.expire(self.keys.info, RUN_KEYS_TTL_S)
+        pipe.execute()
+
+    def enqueue(self, tasks: Sequence[BatchTask], queue: str, batch_ids: Sequence[str] | None = None) -> list[str]:
+        """Push batches to the tail of `queue` and mark them queued, pipelined in chunks; returns the batch ids."""
+        ids = list(batch_ids) if batch_ids is not None else [new_batch_id() for _ in tasks]
+        pipe = self.client.pipeline(transaction=False)
+        pending = 0
+        for task, batch_id in zip(tasks, ids, strict=True):
+            # kombu's Redis transport pops with BRPOP, so LPUSH is the back of the line.
+            pipe.lpush(queue, build_message(task, batch_id, queue))
+            pipe.hset(self.keys.queued, batch_id, len(task.prompts))
+            pending += 2
+            if pending >= PIPELINE_CHUNK:
+                pipe.execute()
+                pending = 0
+        pipe.expire(self.keys.queued, RUN_KEYS_TTL_S)
+        pipe.execute()
+        return ids
+
+    def remove_queued(self, queue: str) -> int:
+        """Delete the run's batches still waiting in `queue`; returns how many were removed."""
+        removed = int(self.client.eval(_REMOVE_RUN_SCRIPT, 1, queue, self.run_id, RUN_HEADER))
+        self.client.delete(self.keys.queued)
+        return removed
+
+    def cancel(self) -> None:
+        self.client.set(self.keys.cancelled, str(time.time()), ex=RUN_KEYS_TTL_S)
+
+    def reset_attempts(self, prompt_ids: Sequence[str]) -> None:
+        if prompt_ids:
+            self.client.hdel(self.keys.attempts, *prompt_ids)
+
+    # worker ------------------------------------------------------------------
+    def is_cancelled(self) -> bool:
+        return bool(self.client.exists(self.keys.cancelled))
+
+    def mark_taken(self, batch_id: str, prompts: int) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(self.keys.queued, batch_id)
+        pipe.hset(self.keys.in_flight, batch_id, prompts)
+        pipe.hsetnx(self.keys.info, "started_at", str(time.time()))
+        pipe.expire(self.keys.in_flight, RUN_KEYS_TTL_S)
+        pipe.execute()
+
+    def mark_requeued(self, batch_id: str, prompts: int) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(self.keys.in_flight, batch_id)
+        pipe.hset(self.keys.queued, batch_id, prompts)
+        pipe.execute()
+
+    def mark_finished(self, batch_id: str) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(self.keys.in_flight, batch_id)
+        pipe.hdel(self.keys.queued, batch_id)
+        pipe.hset(self.keys.info, "last_batch_at", str(time.time()))
+        for key in self.keys.all():
+            pipe.expire(key, RUN_KEYS_TTL_S)
+        pipe.execute()
+
+    def attempts(self, prompt_ids: Sequence[str]) -> dict[str, int]:
+        """Tries started so far per prompt (0 if never)."""
+        if not prompt_ids:
+            return {}
+        values = self.client.hmget(self.keys.attempts, list(prompt_ids))
+        return {pid: int(v) if v is not None else 0 for pid, v in zip(prompt_ids, values, strict=True)}
+
+    def charge(self, prompt_ids: Sequence[str]) -> dict[str, int]:
+        """Count a new try of each prompt before it starts; returns this try's number (1 on the first)."""
+        if not prompt_ids:
+            return {}
+        pipe = self.client.pipeline(transaction=True)
+        for pid in prompt_ids:
+            pipe.hincrby(self.keys.attempts, pid, 1)
+        pipe.expire(self.keys.attempts, RUN_KEYS_TTL_S)
+        counts = pipe.execute()[:-1]
+        return {pid: int(n) for pid, n in zip(prompt_ids, counts, strict=True)}
+
+    def refund(self, prompt_ids: Sequence[str]) -> None:
+        """Take back the try charged to prompts that were handed back without starting."""
+        if prompt_ids:
+            pipe = self.client.pipeline(transaction=True)
+            for pid in prompt_ids:
+                pipe.hincrby(self.keys.attempts, pid, -1)
+            pipe.execute()
+
+    # status --------------------------------------------------------------------
+    def progress(self) -> QueueProgress | None:
+        """What Redis knows about the run, or None if it knows nothing (never submitted here, or flushed)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.info)
+        pipe.hvals(self.keys.queued)
+        pipe.hvals(self.keys.in_flight)
+        pipe.exists(self.keys.cancelled)
+        info_raw, queued, in_flight, cancelled = pipe.execute()
+        if not info_raw and not queued and not in_flight:
+            return None
+        info = {k.decode(): v.decode() for k, v in info_raw.items()}
+        return QueueProgress(
+            queued_prompts=_sum_counts(queued),
+            queued_batches=len(queued),
+            in_flight_prompts=_sum_counts(in_flight),
+            in_flight_batches=len(in_flight),
+            cancelled=bool(cancelled),
+            info=info,
+        )

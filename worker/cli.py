@@ -1,0 +1,115 @@
+"""`tokenlens worker`: pin a GPU, load one model, and attribute the batches on that model's queue.
+
+torch is not imported here at module level: `--gpu N` sets CUDA_VISIBLE_DEVICES
+before anything loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import click
+
+from tokenlens.models import DTYPES
+from tokenlens.settings import Settings
+from worker.settings import SHUTDOWN_GRACE_S
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+WORKER_HELP = f"""Attribute the batches queued for MODEL until stopped.
+
+The worker loads the model once, consumes only that model's queue
+(tokenlens.<model>), and writes results to each batch's results URL. A model
+that can't load stops the worker before it takes any batch.
+
+\b
+Stopping: SIGTERM finishes the engine sub-batch in progress, hands the rest of
+the batch back to the queue and exits; allow it {SHUTDOWN_GRACE_S} s before SIGKILL
+(worker.settings.SHUTDOWN_GRACE_S). A killed worker loses no prompt: its batch
+comes back after TOKENLENS_LEASE_TIMEOUT seconds.
+
+\b
+Examples:
+  tokenlens worker --model smollm2-135m-instruct
+  tokenlens worker --model Qwen/Qwen2.5-7B-Instruct --gpu 1 --broker redis://queue:6379/0 --metrics-port 9801
+"""
+
+
+@click.command("worker", help=WORKER_HELP)
+@click.option("--model", "-m", required=True, help="Alias, Hugging Face id, local dir or .gguf (as given to submit).")
+@click.option("--gpu", type=int, help="GPU index to use; sets CUDA_VISIBLE_DEVICES=N before torch loads.")
+@click.option(
+    "--broker", "broker_url", help="Redis URL (default: $TOKENLENS_BROKER_URL, else redis://localhost:6379/0)."
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Batches at once; TokenLens runs one per process (start one worker per GPU for more).",
+)
+@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics and /healthz on this port.")
+@click.option("--device", default=None, help="auto|cpu|cuda (default: cuda with --gpu, else auto).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+@click.option("--hostname", help="Celery node name (default: tokenlens-<pid>@<host>).")
+@click.option("--loglevel", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
+def worker_command(
+    model: str,
+    gpu: int | None,
+    broker_url: str | None,
+    concurrency: int,
+    metrics_port: int | None,
+    device: str | None,
+    dtype: str,
+    hostname: str | None,
+    loglevel: str,
+) -> None:
+    """Attribute the batches queued for MODEL until stopped (help: WORKER_HELP)."""
+    from worker.runtime import pin_gpu
+
+    if concurrency != 1:
+        raise click.BadParameter(
+            "a TokenLens worker runs one batch at a time on its one model; start one worker per GPU "
+            "(or more worker processes on CPU) for more throughput",
+            param_hint="--concurrency",
+        )
+    if gpu is not None and device == "cpu":
+        raise click.BadParameter("--gpu pins a GPU; drop it to run on CPU", param_hint="--device")
+    pin_gpu(gpu)
+    # The `tokenlens` group configured logging at WARNING; model loading should show at --loglevel too.
+    logging.getLogger().setLevel(loglevel.upper())
+    settings = Settings.from_env(broker_url=broker_url)
+
+    from tokenlens.queue import queue_name, redact_url
+    from worker.app import app, configure
+    from worker.runtime import start_runtime
+
+    configure(app, settings, model)
+    queue = queue_name(model)
+    click.echo(f"worker for {model} on queue {queue}, broker {redact_url(settings.broker_url)}", err=True)
+    # Load before consuming: a model that can't load raises here and no batch is ever taken.
+    start_runtime(
+        model,
+        device=device or ("cuda" if gpu is not None else "auto"),
+        dtype=dtype,
+        settings=settings,
+        metrics_port=metrics_port,
+    )
+    node = hostname or f"tokenlens-{os.getpid()}@{socket.gethostname()}"
+    click.echo(f"consuming {queue}; SIGTERM stops within {SHUTDOWN_GRACE_S}s", err=True)
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            f"--queues={queue}",
+            f"--hostname={node}",
+            f"--loglevel={loglevel.upper()}",
+            "--task-events",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

@@ -1,0 +1,128 @@
+"""One worker process's lifecycle: pin the GPU, load the model once, serve metrics, know when to stop.
+
+The worker is one process with one model (Celery's solo pool): `tokenlens worker`
+and `celery -A worker.app worker` both end up in `start_runtime`, before the
+worker consumes anything, so a model that can't load means no batch is taken.
+Nothing here imports torch at module level: `--gpu N` must set
+CUDA_VISIBLE_DEVICES before torch is first imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from storage_backends import Storage, open_storage
+from tokenlens.errors import TokenLensError
+from tokenlens.queue import connect_broker, queue_name
+from tokenlens.settings import Settings
+from worker.metrics import WorkerMetrics
+from worker.settings import LeaseTiming, batch_time_limit_s
+
+log = logging.getLogger(__name__)
+
+
+def pin_gpu(gpu: int | None) -> None:
+    """Make GPU `gpu` the only one this process sees (must run before torch is imported)."""
+    if gpu is None:
+        return
+    if gpu < 0:
+        raise TokenLensError(f"--gpu {gpu} is not a GPU index; use 0, 1, ... (as nvidia-smi numbers them)")
+    import sys
+
+    if "torch" in sys.modules:
+        raise TokenLensError("--gpu must be applied before torch is imported; this is a bug in the worker start-up")
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+
+
+@dataclass
+class WorkerRuntime:
+    """Everything a batch needs that outlives it: the loaded model, clients, limits, and the stop flag."""
+
+    model_spec: str
+    queue: str
+    loaded: Any
+    settings: Settings
+    lease: LeaseTiming
+    batch_time_limit_s: float
+    broker: redis.Redis
+    metrics: WorkerMetrics | None = None
+    #: Set on SIGTERM (Celery's warm shutdown): the running batch hands back what it hasn't started.
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    _storages: dict[str, Storage] = field(default_factory=dict)
+
+    def storage_for(self, url: str) -> Storage:
+        """One storage client per results URL, reused across batches."""
+        if url not in self._storages:
+            self._storages[url] = open_storage(url)
+        return self._storages[url]
+
+
+_current: WorkerRuntime | None = None
+
+
+def current_runtime() -> WorkerRuntime:
+    if _current is None:
+        raise TokenLensError(
+            "this process has no model loaded: start workers with `tokenlens worker --model M`, or set "
+            "TOKENLENS_MODEL for `celery -A worker.app worker`"
+        )
+    return _current
+
+
+def start_runtime(
+    model: str,
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    settings: Settings | None = None,
+    metrics_port: int | None = None,
+) -> WorkerRuntime:
+    """Load the model once and make this process a worker for its queue; raises if the model can't load."""
+    global _current
+    from tokenlens.models import check_model_spec, load_model
+
+    settings = settings or Settings.from_env()
+    lease = LeaseTiming.from_lease(float(settings.lease_timeout_s))
+    check_model_spec(model)
+    broker = connect_broker(settings.broker_url, check=False, patient=True)
+    metrics = WorkerMetrics() if metrics_port is not None else None
+    if metrics is not None and metrics_port is not None:
+        # Up before the model loads, so /healthz says "not ready" instead of refusing connections.
+        metrics.serve(metrics_port)
+    log.info("loading model %s (device %s, %s)", model, device, dtype)
+    loaded = load_model(model, device=device, dtype=dtype)
+    log.info("loaded %s on %s in %.1fs", model, loaded.device, loaded.load_time_s)
+    if metrics is not None:
+        metrics.model_load.set(loaded.load_time_s)
+    _current = WorkerRuntime(
+        model_spec=model,
+        queue=queue_name(model),
+        loaded=loaded,
+        settings=settings,
+        lease=lease,
+        batch_time_limit_s=batch_time_limit_s(),
+        broker=broker,
+        metrics=metrics,
+    )
+    return _current
+
+
+def runtime_or_none() -> WorkerRuntime | None:
+    return _current
+
+
+def gpu_peak_memory_bytes(device: str) -> int:
+    """Peak GPU memory allocated since the last call (0 on CPU)."""
+    if not device.startswith("cuda"):
+        return 0
+    import torch
+
+    peak = int(torch.cuda.max_memory_allocated())
+    torch.cuda.reset_peak_memory_stats()
+    return peak

@@ -1,0 +1,281 @@
+"""The Celery task that runs one batch: a thin wrapper around `tokenlens.pipeline.process_batch`.
+
+Around the shared pipeline it adds only what a queue needs: the lease heartbeat,
+attempt counting that survives crashes, hand-back on shutdown, cancel, and the
+bookkeeping `tokenlens status` reads (tokenlens/queue.py).
+
+Attempts. A prompt's try is counted in Redis *before* it starts, so a prompt
+that kills its worker (segfault, out of host memory, kill -9) is still counted.
+A batch's fresh prompts run together; a prompt that was tried before runs on
+its own, so a poison prompt only charges itself. A prompt whose count already
+reached TOKENLENS_MAX_ATTEMPTS without an outcome becomes an error record
+without running again, and the rest of its batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject
+
+from tokenlens.queue import UNACKED_INDEX_KEY, RunQueue, queue_name
+from tokenlens.results import RunStore
+from tokenlens.schema import ErrorRecord
+from tokenlens.tasks import BatchTask, PromptRecord
+from worker.app import app
+from worker.runtime import WorkerRuntime, current_runtime, gpu_peak_memory_bytes
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a worker whose batch hung past twice the batch time limit (EX_SOFTWARE).
+HUNG_EXIT_STATUS = 70
+#: Seconds to wait before handing back a batch that failed outside the engine (storage down, ...).
+FAILED_BATCH_BACKOFF_S = 5.0
+#: TEST-ONLY hook, never set in production: comma-separated prompt ids. A worker about to attribute one
+#: of them kills itself with SIGKILL, as a segfault or the kernel's OOM killer would, so integration
+#: tests can check that a prompt which keeps killing workers ends as an error record
+#: (tests/integration/test_poison_prompts.py). Unset, it costs one environment lookup per batch.
+TEST_CRASH_PROMPT_IDS_ENV = "TOKENLENS_TEST_CRASH_PROMPT_IDS"
+
+
+def _crash_if_test_poison(prompts: list[PromptRecord]) -> None:
+    poison = {p for p in os.environ.get(TEST_CRASH_PROMPT_IDS_ENV, "").split(",") if p}
+    if poison & {p.id for p in prompts}:
+        log.critical("%s: killing this worker on a test poison prompt", TEST_CRASH_PROMPT_IDS_ENV)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class LeaseHeartbeat:
+    """Renews the lease of the message being worked on while the batch runs (see worker/app.py)."""
+
+    def __init__(self, rt: WorkerRuntime, delivery_tag: str) -> None:
+        self.rt = rt
+        self.delivery_tag = delivery_tag
+        self.started = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tokenlens-lease", daemon=True)
+
+    def __enter__(self) -> LeaseHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def _run(self) -> None:
+        hung_after_s = 2 * self.rt.batch_time_limit_s
+        while not self._done.wait(self.rt.lease.heartbeat_interval_s):
+            if time.monotonic() - self.started > hung_after_s:
+                log.critical(
+                    "batch still running after %.0fs (twice TOKENLENS_BATCH_TIME_LIMIT): the worker is hung; "
+                    "exiting so its batch goes to another worker after the lease",
+                    hung_after_s,
+                )
+                os._exit(HUNG_EXIT_STATUS)
+            try:
+                # XX: only renew; never resurrect an entry kombu removed on ack.
+                self.rt.broker.zadd(UNACKED_INDEX_KEY, {self.delivery_tag: time.time()}, xx=True)
+            except Exception as exc:  # Redis restarting: the next beat retries, the lease is longer than a beat
+                log.warning("lease heartbeat failed (%s); retrying in %.0fs", exc, self.rt.lease.heartbeat_interval_s)
+
+
+class StopCheck:
+    """`should_stop` for the pipeline: shutdown requested, run cancelled, or batch time limit reached."""
+
+    #: Redis is asked about a cancel at most this often.
+    CANCEL_POLL_S = 2.0
+
+    def __init__(self, rt: WorkerRuntime, run_queue: RunQueue) -> None:
+        self.rt = rt
+        self.run_queue = run_queue
+        self.deadline = time.monotonic() + rt.batch_time_limit_s
+        self.reason: str | None = None
+        self._cancel_checked = 0.0
+
+    def __call__(self) -> bool:
+        if self.reason is None:
+            if self.rt.stop_requested.is_set():
+                self.reason = "shutdown"
+            elif time.monotonic() > self.deadline:
+                self.reason = "time limit"
+            elif self._cancelled():
+                self.reason = "cancelled"
+        return self.reason is not None
+
+    def _cancelled(self) -> bool:
+        now = time.monotonic()
+        if now - self._cancel_checked < self.CANCEL_POLL_S:
+            return False
+        self._cancel_checked = now
+        try:
+            return self.run_queue.is_cancelled()
+        except Exception:  # a Redis blip must not stop the batch
+            return False
+
+
+@dataclass
+class BatchOutcome:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    retry: list[str] = field(default_factory=list)
+    tokens: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "retry": self.retry,
+            "tokens_attributed": self.tokens,
+        }
+
+
+@app.task(name="tokenlens.attribute_batch", bind=True)
+def attribute_batch(self: Task, task: dict[str, Any], batch_id: str) -> dict[str, Any]:
+    """Attribute one batch of prompts and store the results (see the module docstring).
+
+    Celery removes a batch whose task raised (acks_late only protects against a
+    lost worker), so nothing but `Reject(requeue=True)` may leave this function.
+    """
+    rt = current_runtime()
+    try:
+        batch = BatchTask.model_validate(task)
+    except ValueError as exc:  # not a TokenLens batch: retrying can't help
+        log.error("dropping batch %s: not a valid TokenLens batch (%s)", batch_id, exc)
+        return {"invalid": str(exc)}
+    delivery_tag = (self.request.properties or {}).get("delivery_tag")
+    try:
+        if not delivery_tag:  # called directly, not from a queue: no lease to keep
+            return run_batch(rt, batch, batch_id)
+        with LeaseHeartbeat(rt, str(delivery_tag)):
+            return run_batch(rt, batch, batch_id)
+    except Exception as exc:
+        # Outside the engine (storage or Redis down, ...): give the batch back, after a pause, rather than
+        # lose it. Attempts were counted before each try, so one bad prompt cannot loop forever.
+        log.exception("batch %s of run %s failed outside the engine; handing it back", batch_id, batch.run_id)
+        time.sleep(FAILED_BATCH_BACKOFF_S)
+        try:
+            RunQueue(rt.broker, batch.run_id).mark_requeued(batch_id, len(batch.prompts))
+        except Exception:
+            log.warning("could not update the queued count of run %s", batch.run_id)
+        raise Reject(exc, requeue=True) from exc
+
+
+def run_batch(rt: WorkerRuntime, batch: BatchTask, batch_id: str) -> dict[str, Any]:
+    """Everything one delivery of a batch does; the return value shows in Flower's task result."""
+    run_queue = RunQueue(rt.broker, batch.run_id)
+    if run_queue.is_cancelled():
+        run_queue.mark_finished(batch_id)
+        log.info("batch %s of run %s dropped: the run was cancelled", batch_id, batch.run_id)
+        return {"cancelled": True}
+    right_queue = queue_name(batch.model)
+    if right_queue != rt.queue:
+        # Only possible when an operator points a worker at another model's queue: route it where it belongs.
+        run_queue.enqueue([batch], right_queue, [batch_id])
+        log.error(
+            "batch %s is for model %s (queue %s), not %s: re-routed", batch_id, batch.model, right_queue, rt.queue
+        )
+        return {"rerouted": right_queue}
+
+    started = time.perf_counter()
+    run_queue.mark_taken(batch_id, len(batch.prompts))
+    outcome, stop = _attribute(rt, batch, run_queue)
+    if outcome.retry and stop.reason != "cancelled":
+        retry_ids = set(outcome.retry)
+        handed_back = batch.model_copy(update={"prompts": [p for p in batch.prompts if p.id in retry_ids]})
+        run_queue.enqueue([handed_back], rt.queue)
+    run_queue.mark_finished(batch_id)
+    elapsed_s = time.perf_counter() - started
+    if rt.metrics is not None:
+        rt.metrics.observe_batch(
+            done=len(outcome.done),
+            failed=len(outcome.failed),
+            tokens=outcome.tokens,
+            elapsed_s=elapsed_s,
+            gpu_memory_bytes=gpu_peak_memory_bytes(rt.loaded.device),
+        )
+    log.info(
+        "batch %s run %s: done=%s skipped=%s failed=%s retry=%s%s in %.2fs",
+        batch_id,
+        batch.run_id,
+        ",".join(outcome.done) or "-",
+        ",".join(outcome.skipped) or "-",
+        ",".join(outcome.failed) or "-",
+        ",".join(outcome.retry) or "-",
+        f" (stopped: {stop.reason})" if stop.reason else "",
+        elapsed_s,
+    )
+    return outcome.summary()
+
+
+def _attribute(rt: WorkerRuntime, batch: BatchTask, run_queue: RunQueue) -> tuple[BatchOutcome, StopCheck]:
+    from tokenlens.pipeline import process_batch
+
+    storage = rt.storage_for(batch.results_url)
+    store = RunStore(storage, batch.run_id)
+    stop = StopCheck(rt, run_queue)
+    outcome = BatchOutcome()
+    max_attempts = rt.settings.max_attempts
+
+    # A prompt with a result or an error record has its outcome for this submission (resubmit clears errors).
+    todo: list[PromptRecord] = []
+    for record in batch.prompts:
+        if store.has_result(record.id) or storage.exists(store.key("errors", record.id)):
+            outcome.skipped.append(record.id)
+        else:
+            todo.append(record)
+    tried = run_queue.attempts([p.id for p in todo])
+    fresh = [p for p in todo if tried[p.id] == 0]
+    retried = [p for p in todo if tried[p.id] > 0]
+
+    def run(prompts: list[PromptRecord]) -> None:
+        attempts = run_queue.charge([p.id for p in prompts])
+        _crash_if_test_poison(prompts)
+        report = process_batch(
+            rt.loaded,
+            batch.model_copy(update={"prompts": prompts}),
+            storage=storage,
+            attempts=attempts,
+            max_attempts=max_attempts,
+            should_stop=stop,
+        )
+        if stop.reason is not None:
+            # Prompts handed back unstarted are not charged (a failed one may get one extra try).
+            run_queue.refund(report.retry)
+        outcome.done += report.done
+        outcome.skipped += report.skipped
+        outcome.failed += report.failed
+        outcome.retry += report.retry
+        outcome.tokens += report.tokens_attributed
+
+    if fresh:
+        run(fresh)
+    for record in retried:
+        if stop():
+            outcome.retry.append(record.id)
+        elif tried[record.id] >= max_attempts:
+            store.write_error(
+                ErrorRecord(
+                    run_id=batch.run_id,
+                    prompt_id=record.id,
+                    prompt=record.prompt,
+                    error_type="WorkerLost",
+                    message=(
+                        f"{tried[record.id]} tries of this prompt never finished: the worker running it was lost "
+                        "(killed, crashed, out of memory) or its batch failed outside the engine; see worker logs"
+                    ),
+                    attempts=tried[record.id],
+                )
+            )
+            outcome.failed.append(record.id)
+        else:
+            run([record])
+    return outcome, stop
