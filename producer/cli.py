@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from tokenlens.cli_run import collect_method_options, method_options, new_run_id
+from tokenlens.cli_run import method_flags, method_options, new_run_id
 from tokenlens.engine.registry import ENGINES
 from tokenlens.settings import Settings
 
@@ -70,7 +70,6 @@ def submit_command(
     from tokenlens.queue import redact_url
 
     settings = Settings.from_env(results_url=results_url, broker_url=broker_url)
-    options = collect_method_options(method, **flags)
     report = submit_run(
         prompts,
         model=model,
@@ -81,7 +80,7 @@ def submit_command(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         engine=engine,
-        method_params=options,
+        method_params=method_flags(flags),
         chat_template=chat,
     )
     verb = "resumed" if report.resumed else "submitted"

@@ -15,11 +15,9 @@ from typing import Any
 
 import redis
 
-from producer.prompts import read_prompt_set
+from producer.plan import plan_run
 from storage_backends import Storage, StorageError, open_storage
-from tokenlens.engine.registry import get_method, resolve_engine, validate_options
 from tokenlens.errors import TokenLensError
-from tokenlens.models import check_model_spec
 from tokenlens.queue import BrokerError, QueueProgress, RunQueue, connect_broker, queue_name, redact_url
 from tokenlens.results import RunCounts, RunStore
 from tokenlens.schema import RunManifest
@@ -42,28 +40,6 @@ class SubmitReport:
     elapsed_s: float
 
 
-def _model_for_queue(model: str) -> str:
-    """The model as workers must be started with it: a local directory becomes its absolute path."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
-
-
-def _check_resumable(previous: RunManifest, manifest: RunManifest) -> None:
-    """A resumed run must be the same run: same prompts, model, method and settings."""
-    fields = ("model", "method", "engine", "method_params", "generation_params", "chat_template")
-    for name in fields:
-        if getattr(previous, name) != getattr(manifest, name):
-            raise TokenLensError(
-                f"run {manifest.run_id!r} already exists with {name}={getattr(previous, name)!r}, not "
-                f"{getattr(manifest, name)!r}; pass the same settings to resume it, or a new --run-id"
-            )
-    if previous.prompt_ids and previous.prompt_ids != manifest.prompt_ids:
-        raise TokenLensError(
-            f"run {manifest.run_id!r} already exists with a different prompt set ({previous.prompt_count} prompts); "
-            "pass the same prompt file to resume it, or a new --run-id"
-        )
-
-
 def submit_run(
     prompts_path: str | Path,
     *,
@@ -80,40 +56,18 @@ def submit_run(
 ) -> SubmitReport:
     """Validate a prompt set and queue it for `model`'s workers; nothing is enqueued if anything is wrong."""
     started = time.perf_counter()
-    records = read_prompt_set(prompts_path)
-    get_method(method)
-    chosen_engine = resolve_engine(method, engine)
-    options = validate_options(method, method_params or {})
-    check_model_spec(model)
     if batch_size < 1:
         raise TokenLensError(f"--batch-size {batch_size} must be at least 1")
-    if max_new_tokens < 1:
-        raise TokenLensError(f"--max-new-tokens {max_new_tokens} must be at least 1")
-    storage = open_storage(results_url)
-    storage.check()
-    client = connect_broker(broker_url)
-
-    model = _model_for_queue(model)
-    queue = queue_name(model)
-    manifest = RunManifest(
-        run_id=run_id,
-        model=model,
-        method=method,
-        engine=chosen_engine,
-        method_params=options,
-        generation_params={"max_new_tokens": max_new_tokens},
-        chat_template=chat_template,
-        prompt_count=len(records),
-        prompt_ids=[r.id for r in records],
-        source=str(prompts_path),
+    plan = plan_run(
+        prompts_path, model=model, method=method, engine=engine, method_params=method_params,
+        max_new_tokens=max_new_tokens, chat_template=chat_template, results_url=results_url, run_id=run_id,
         mode="distributed",
-    )
-    store = RunStore(storage, run_id)
-    resumed = store.exists()
-    if resumed:
-        _check_resumable(store.read_manifest(), manifest)
-    else:
-        store.write_manifest(manifest)
+    )  # fmt: skip
+    client = connect_broker(broker_url)  # an unreachable broker fails here, before run.json is written
+    plan.save_manifest()
+    records, options, storage, store, resumed = plan.records, plan.options, plan.storage, plan.store, plan.resumed
+    model = plan.manifest.model
+    queue = queue_name(model)
 
     done = store.ids("results")
     pending = [r for r in records if r.id not in done]

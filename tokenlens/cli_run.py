@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from tokenlens.engine.registry import ENGINES, get_method, list_methods, resolve_engine, validate_options
+from tokenlens.engine.registry import ENGINES, list_methods, resolve_engine
 from tokenlens.errors import TokenLensError
-from tokenlens.models import DEFAULT_MODEL, DTYPES, check_model_spec
+from tokenlens.models import DEFAULT_MODEL, DTYPES
 from tokenlens.settings import Settings
 
 #: Method options shared by `run` and `submit`: flag -> registry option name.
@@ -48,10 +48,9 @@ def method_options(func: Any) -> Any:
     return func
 
 
-def collect_method_options(method: str, **flags: Any) -> dict[str, Any]:
-    """Validate the method flags against the method; an option that doesn't fit is an error."""
-    given = {name: flags.get(name) for name in METHOD_OPTION_FLAGS}
-    return validate_options(method, given)
+def method_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The method options given on the command line (validated later against the method)."""
+    return {name: flags.get(name) for name in METHOD_OPTION_FLAGS}
 
 
 def new_run_id(method: str) -> str:
@@ -115,46 +114,20 @@ def run_command(
       tokenlens run prompts.csv --method integrated_gradients --n-steps 16 --results s3://bucket/runs
       tokenlens run prompts.txt --model Qwen/Qwen2.5-0.5B-Instruct --device cuda --dtype bfloat16
     """
-    from producer.prompts import read_prompt_set
-    from storage_backends import open_storage
-    from tokenlens.results import RunStore
-    from tokenlens.schema import RunManifest
+    from producer.plan import plan_run
 
     settings = Settings.from_env(results_url=results_url, max_attempts=max_attempts)
-    # Validate everything cheap before the model loads (seconds to minutes).
-    records = read_prompt_set(prompts)
-    get_method(method)
-    chosen_engine = resolve_engine(method, engine)
-    options = collect_method_options(method, **flags)
-    check_model_spec(model)
-    if max_new_tokens < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--max-new-tokens")
-    storage = open_storage(settings.results_url)
-    storage.check()
+    if batch_size is not None and batch_size < 1:
+        raise TokenLensError(f"--batch-size {batch_size} must be at least 1")
+    # Everything cheap is validated before the model loads (seconds to minutes).
     run_id = run_id or new_run_id(method)
-    store = RunStore(storage, run_id)
-    if store.exists():
-        previous = store.read_manifest()
-        if (previous.model, previous.method) != (model, method):
-            raise TokenLensError(
-                f"run {run_id!r} already exists with model {previous.model!r} and method {previous.method!r}; "
-                "pass a new --run-id, or the same model and method to resume it"
-            )
-    store.write_manifest(
-        RunManifest(
-            run_id=run_id,
-            model=model,
-            method=method,
-            engine=chosen_engine,
-            method_params=options,
-            generation_params={"max_new_tokens": max_new_tokens},
-            chat_template=chat,
-            prompt_count=len(records),
-            prompt_ids=[r.id for r in records],
-            source=str(prompts),
-            mode="embedded",
-        )
-    )
+    plan = plan_run(
+        prompts, model=model, method=method, engine=engine,
+        method_params=method_flags(flags), max_new_tokens=max_new_tokens,
+        chat_template=chat, results_url=settings.results_url, run_id=run_id, mode="embedded",
+    )  # fmt: skip
+    plan.save_manifest()
+    records, storage, options, chosen_engine = plan.records, plan.storage, plan.options, plan.engine
     click.echo(f"run {run_id}: {len(records)} prompts, {method} ({chosen_engine} engine), model {model}")
     click.echo(f"loading {model} ...", err=True)
     from tokenlens.models import load_model
