@@ -35,8 +35,12 @@ class RunPlan:
     resumed: bool
 
     def save_manifest(self) -> None:
-        """Write run.json for a new run (a resumed run keeps its own). Call once every check has passed."""
+        """Write run.json and prompts.jsonl for a new run (a resumed run keeps its own).
+
+        Call once every check has passed. run.json goes last: a run is listed only once it is whole.
+        """
         if not self.resumed:
+            self.store.write_prompts(self.records)
             self.store.write_manifest(self.manifest)
 
 

@@ -73,6 +73,8 @@ def test_run_with_a_failing_prompt_exits_1_and_keeps_the_rest(tiny_llama_dir: Pa
     assert "1 done" in done.stdout and "1 failed" in done.stdout
     assert "failed huge: PromptTooLongError" in done.stderr
     assert (results / "runs/r2/results/ok.json").is_file()
+    kept = [json.loads(line) for line in (results / "runs/r2/prompts.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in kept] == ["ok", "huge"]
     assert json.loads((results / "runs/r2/errors/huge.json").read_text())["error_type"] == "PromptTooLongError"
 
 

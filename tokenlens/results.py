@@ -1,6 +1,7 @@
 """The storage layout of a run, in one place: every read and write of TokenLens files goes through `RunStore`.
 
 runs/<run_id>/run.json                   the run (RunManifest)
+runs/<run_id>/prompts.jsonl              the run's prompt set, one PromptRecord a line
 runs/<run_id>/results/<prompt_id>.json   TokenLens JSON (AnalysisResult)
 runs/<run_id>/inseq/<prompt_id>.json     Inseq's native output, where Inseq ran
 runs/<run_id>/errors/<prompt_id>.json    a prompt that failed for good (ErrorRecord)
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from storage_backends import AlreadyExistsError, NotFoundError, Storage
 from tokenlens.errors import RunNotFoundError, TokenLensError
 from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest
-from tokenlens.tasks import SAFE_ID_HELP, is_safe_id
+from tokenlens.tasks import SAFE_ID_HELP, PromptRecord, is_safe_id
 
 RUNS_PREFIX = "runs/"
 KINDS = ("results", "inseq", "errors")
@@ -72,6 +73,24 @@ class RunStore:
 
     def exists(self) -> bool:
         return self.storage.exists(self.manifest_key())
+
+    # prompts ----------------------------------------------------------------
+    def prompts_key(self) -> str:
+        return f"{self.prefix}prompts.jsonl"
+
+    def write_prompts(self, records: list[PromptRecord]) -> None:
+        """Keep the prompt set with the run, so pending and failed prompts can be shown by their text."""
+        lines = (record.model_dump_json(exclude_none=True) for record in records)
+        self.storage.put(self.prompts_key(), ("\n".join(lines) + "\n").encode("utf-8"))
+
+    def read_prompts(self) -> dict[str, PromptRecord]:
+        """The run's prompts by id; empty for runs written before prompts.jsonl existed."""
+        try:
+            raw = self.storage.get(self.prompts_key())
+        except NotFoundError:
+            return {}
+        records = (PromptRecord.model_validate_json(line) for line in raw.decode("utf-8").splitlines() if line)
+        return {record.id: record for record in records}
 
     # results --------------------------------------------------------------
     def write_result(self, result: AnalysisResult) -> bool:

@@ -125,6 +125,7 @@ class RunReader:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._texts: dict[tuple[str, str], str | None] = {}
+        self._prompt_files_read: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=READ_WORKERS, thread_name_prefix="tokenlens-ui-read")
 
@@ -162,9 +163,22 @@ class RunReader:
         return summaries
 
     def prompt_texts(self, run_id: str, prompt_ids: Iterable[str]) -> dict[str, str | None]:
-        """The prompt text of each given prompt that has a result (read once, then remembered)."""
+        """The text of each given prompt: from the run's prompts.jsonl, else from its stored result.
+
+        Read once, then remembered (a run's prompt set and its results never change).
+        """
         store = self.store(run_id)
         wanted = list(prompt_ids)
+        with self._lock:
+            known_run = run_id in self._prompt_files_read
+        if not known_run:
+            try:
+                from_file = {pid: record.prompt for pid, record in store.read_prompts().items()}
+            except ValueError:  # an unreadable prompts.jsonl: fall back to the results
+                from_file = {}
+            with self._lock:
+                self._prompt_files_read.add(run_id)
+                self._texts.update({(run_id, pid): text for pid, text in from_file.items()})
         with self._lock:
             missing = [pid for pid in wanted if (run_id, pid) not in self._texts]
 
@@ -202,10 +216,10 @@ class RunReader:
         store = self.store(run_id)
         done = store.ids("results")
         failed = store.ids("errors") - done
-        texts = self.prompt_texts(run_id, done)
+        listed = list(dict.fromkeys(manifest.prompt_ids))
+        texts = self.prompt_texts(run_id, done | set(listed))
         errors = self.errors(run_id, failed)
         # Manifest order first (the order of the prompt set), then anything stored that it does not list.
-        listed = list(dict.fromkeys(manifest.prompt_ids))
         extra = sorted((done | failed) - set(listed))
         prompts = []
         for prompt_id in listed + extra:
@@ -214,10 +228,11 @@ class RunReader:
                 entry["status"] = "done"
                 entry["prompt"] = texts.get(prompt_id)
             elif prompt_id in failed:
+                entry["prompt"] = texts.get(prompt_id)
                 entry["status"] = "failed"
                 record = errors.get(prompt_id)
                 if record is not None:
-                    entry["prompt"] = record.prompt or None
+                    entry["prompt"] = entry["prompt"] or record.prompt or None
                     entry["error"] = {
                         "error_type": record.error_type,
                         "message": record.message,
@@ -226,6 +241,7 @@ class RunReader:
                     }
             else:
                 entry["status"] = "pending"
+                entry["prompt"] = texts.get(prompt_id)
             prompts.append(entry)
         return {
             "run": _summary(manifest, done, failed),

@@ -15,6 +15,7 @@ from storage_backends import LocalStorage, Storage, open_storage
 from tests.ui.sample_runs import SamplePrompt, make_result, strongest_input, write_big_result, write_run
 from tokenlens.results import RunStore
 from tokenlens.schema import AnalysisResult
+from tokenlens.tasks import PromptRecord
 from ui.api import create_app, prompt_text_from_result
 
 PROMPTS = [
@@ -106,6 +107,14 @@ def test_run_detail_marks_prompts_not_yet_done_as_pending(client: TestClient) ->
     prompts = client.get("/api/runs/run-live").json()["prompts"]
     assert [p["status"] for p in prompts] == ["done", "pending", "pending", "pending"]
     assert prompts[1]["prompt"] is None
+
+
+def test_pending_prompts_show_their_text_from_the_runs_prompt_set(client: TestClient, populated: Storage) -> None:
+    live = RunStore(populated, "run-live")
+    live.write_prompts([PromptRecord(id=p.prompt_id, prompt=p.prompt) for p in PROMPTS[:4]])
+    prompts = client.get("/api/runs/run-live").json()["prompts"]
+    assert [p["status"] for p in prompts] == ["done", "pending", "pending", "pending"]
+    assert [p["prompt"] for p in prompts] == [p.prompt for p in PROMPTS[:4]]
 
 
 def test_a_result_wins_over_a_stale_error_record(client: TestClient, populated: Storage) -> None:

@@ -10,6 +10,7 @@ from storage_backends import LocalStorage
 from tokenlens.errors import RunNotFoundError, TokenLensError
 from tokenlens.results import RunStore, list_run_ids
 from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest
+from tokenlens.tasks import PromptRecord
 
 
 def make_result(prompt_id: str, value: float = 1.0) -> AnalysisResult:
@@ -50,3 +51,12 @@ def test_missing_run_and_unsafe_ids(tmp_path: Path) -> None:
         RunStore(storage, "../escape")
     with pytest.raises(TokenLensError, match="not a safe file name"):
         RunStore(storage, "ok").key("results", "a/../../b")
+
+
+def test_prompt_set_round_trips_with_the_run(tmp_path: Path) -> None:
+    store = RunStore(LocalStorage(tmp_path), "r1")
+    assert store.read_prompts() == {}
+    records = [PromptRecord(id="a", prompt="Hi\nthere"), PromptRecord(id="b", prompt="x", target="y", max_new_tokens=3)]
+    store.write_prompts(records)
+    assert store.read_prompts() == {"a": records[0], "b": records[1]}
+    assert (tmp_path / "runs/r1/prompts.jsonl").read_text().count("\n") == 2
