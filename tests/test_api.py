@@ -62,3 +62,14 @@ def test_bad_config_and_method_are_clear() -> None:
         ModelManager.initialize({"llm_id": "x", "precision": "fp16"})
     with pytest.raises(TokenLensError, match="unsupported storage format"):
         TokenAnalysisStorage(base_path="x", format="parquet")
+
+
+def test_visualize_is_the_function_even_after_its_module_was_imported() -> None:
+    import importlib
+
+    import tokenlens
+
+    importlib.import_module("tokenlens.heatmap")
+    from tokenlens import visualize as again
+
+    assert callable(again) and tokenlens.visualize is again

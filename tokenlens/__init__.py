@@ -19,7 +19,7 @@ _LAZY = {
     "TokenAnalyzer": "tokenlens.api",
     "InseqTokenAnalyzer": "tokenlens.api",
     "TokenAnalysisStorage": "tokenlens.api",
-    "visualize": "tokenlens.visualize",
+    "visualize": "tokenlens.heatmap",
     "AnalysisResult": "tokenlens.schema",
     "AnalysisMetadata": "tokenlens.schema",
     "load_model": "tokenlens.models",

@@ -1,4 +1,7 @@
-"""`visualize(result, storage=...)`: the heat map of one result, as a PNG in storage and inline in Jupyter."""
+"""Heat maps of results: `visualize(result, storage=...)` draws one as a PNG in storage and inline in Jupyter.
+
+Named heatmap, not visualize, so that importing this module never shadows the `tokenlens.visualize` function.
+"""
 
 from __future__ import annotations
 
