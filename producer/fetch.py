@@ -43,7 +43,7 @@ FileStatus = Literal["downloaded", "skipped", "failed", "not attempted"]
 
 @dataclass(frozen=True)
 class FetchPlan:
-    """What a fetch will consider: the run's objects of the chosen kinds, plus its run.json."""
+    """What a fetch will consider: the run's objects of the chosen kinds, plus run.json and prompts.jsonl."""
 
     run_id: str
     objects: list[ObjectInfo]
@@ -97,8 +97,9 @@ def plan_fetch(storage: Storage, run_id: str, kinds: Iterable[str] = KINDS) -> F
     """List what to fetch; `RunNotFoundError` (with a hint) if the run has no run.json there."""
     store = RunStore(storage, run_id)
     store.read_manifest()  # an unknown run id fails here, before anything is written
-    manifest_key = store.manifest_key()
-    objects = [info for info in storage.list(manifest_key) if info.key == manifest_key]
+    # The run's own files (run.json, prompts.jsonl) always come along with the chosen kinds.
+    run_files = (store.manifest_key(), store.prompts_key())
+    objects = [info for key in run_files for info in storage.list(key) if info.key == key]
     for kind in dict.fromkeys(kinds):
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
@@ -239,7 +240,7 @@ RESULTS_HELP = (
     "kinds",
     type=click.Choice(KINDS),
     multiple=True,
-    help="Which files besides run.json (repeatable) [default: all of results, inseq, errors].",
+    help="Which files besides run.json and prompts.jsonl (repeatable) [default: results, inseq, errors].",
 )
 @click.option(
     "--jobs",

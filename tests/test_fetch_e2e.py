@@ -81,7 +81,11 @@ def test_run_to_s3_then_fetch_matches_a_local_run(
     assert {"run.json", "results/fox.json", "results/sky.json"} <= set(local_files)
     if engine == "inseq":
         assert {"inseq/fox.json", "inseq/sky.json"} <= set(local_files)
+    assert "prompts.jsonl" in local_files
     for name in local_files:
+        if name.endswith(".jsonl"):
+            assert (fetched_run / name).read_bytes() == (local_run / name).read_bytes(), name
+            continue
         local_doc = json.loads((local_run / name).read_text())
         fetched_doc = json.loads((fetched_run / name).read_text())
         assert_same_json(without_volatile(fetched_doc), without_volatile(local_doc), name)
