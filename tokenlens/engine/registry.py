@@ -62,9 +62,7 @@ class OptionSpec:
                 try:
                     value = int(value)
                 except (TypeError, ValueError):
-                    raise MethodOptionError(
-                        f"option {self.name} of {method} takes an integer, got {value!r}"
-                    ) from None
+                    raise MethodOptionError(f"option {self.name} of {method} takes an integer, got {value!r}") from None
             if value < 1:
                 raise MethodOptionError(f"option {self.name} of {method} must be at least 1, got {value}")
         elif self.kind is str and not isinstance(value, str):
@@ -163,7 +161,7 @@ _INSEQ_ONLY: dict[str, MethodSpec] = {
         name,
         _INSEQ_SUMMARIES.get(name, f"{name} (Inseq)"),
         ("inseq",),
-        _options(N_STEPS) if "integrated" in name or name == "gradient_shap" else {},
+        _options(N_STEPS) if "integrated" in name else {},
     )
     for name in INSEQ_METHODS
     if name not in _NATIVE
@@ -191,9 +189,7 @@ def resolve_engine(method: str, engine: str = "auto") -> str:
     if engine == "auto":
         return "native" if spec.has_native else "inseq"
     if engine not in spec.engines:
-        raise MethodOptionError(
-            f"method {method!r} has no {engine} engine; it runs on: {', '.join(spec.engines)}"
-        )
+        raise MethodOptionError(f"method {method!r} has no {engine} engine; it runs on: {', '.join(spec.engines)}")
     return engine
 
 
