@@ -24,7 +24,6 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,21 +95,6 @@ def minimal_flops(n_body: int, n_in: int, n_out: int, n_steps: int = 1) -> float
 # --------------------------------------------------------------------------- Inseq
 
 
-@contextlib.contextmanager
-def distinct_pad_token(loaded: Any) -> Iterator[None]:
-    """Inseq 0.7.1 drops tokens equal to its pad token from its output (and truncates the matrix to match);
-    SmolLM2's pad is its EOS, which the chat template uses. Pointing the pad at UNK keeps Inseq's output
-    aligned with the tokens it attributed; it changes nothing Inseq computes."""
-    tokenizer, config = loaded.tokenizer, loaded.model.config
-    saved = (tokenizer.pad_token, tokenizer.padding_side, tokenizer.truncation_side, config.pad_token_id)
-    tokenizer.pad_token = tokenizer.unk_token
-    config.pad_token_id = None
-    try:
-        yield
-    finally:
-        tokenizer.pad_token, tokenizer.padding_side, tokenizer.truncation_side, config.pad_token_id = saved
-
-
 @dataclass
 class InseqResult:
     input_ids: list[int]
@@ -121,6 +105,8 @@ class InseqResult:
 
 def inseq_attribute(loaded: Any, method: str, text: str, max_new_tokens: int, n_steps: int) -> InseqResult:
     import inseq
+
+    from tokenlens.engine.inseq_engine import distinct_pad_token
 
     kwargs: dict[str, Any] = {"n_steps": n_steps} if method == "integrated_gradients" else {}
     with distinct_pad_token(loaded):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tokenlens.engine.inseq_engine import distinct_pad_token
 from tokenlens.engine.native import attribute_native
 from tokenlens.engine.registry import validate_options
 from tokenlens.engine.types import AttributionOutput, PromptInput
@@ -35,26 +35,6 @@ class InseqRun:
     #: Inseq's unnormalised aggregate in TokenLens layout: [n_out, n_in + n_out], NaN -> 0.
     scores: np.ndarray
     probabilities: list[float] | None
-
-
-@contextlib.contextmanager
-def distinct_pad_token(loaded: LoadedModel) -> Iterator[None]:
-    """Let Inseq see every token.
-
-    Inseq 0.7.1 drops every token equal to its pad token from its output token lists and truncates the
-    matrix to match. SmolLM2's pad token is its EOS (<|im_end|>), which its chat template uses, so Inseq's
-    output would lose (and misalign) those tokens. Pointing the pad token at UNK for the comparison keeps
-    them, and changes nothing Inseq computes. Everything Inseq touches on the shared model is put back.
-    """
-    tokenizer, config = loaded.tokenizer, loaded.model.config
-    saved = (tokenizer.pad_token, tokenizer.padding_side, tokenizer.truncation_side, config.pad_token_id)
-    assert tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id
-    tokenizer.pad_token = tokenizer.unk_token
-    config.pad_token_id = None
-    try:
-        yield
-    finally:
-        tokenizer.pad_token, tokenizer.padding_side, tokenizer.truncation_side, config.pad_token_id = saved
 
 
 def run_inseq(loaded: LoadedModel, method: str, text: str, max_new_tokens: int, **kwargs: Any) -> InseqRun:

@@ -45,3 +45,18 @@ def test_inseq_methods_on_smollm2(smollm2, method: str, tmp_path: Path) -> None:
     assert [t.token_id for t in converted.data.output_tokens] == output.output_ids
     np.testing.assert_allclose(np.array(converted.data.association_matrix), output.scores, atol=1e-6)
     assert converted.metadata.attribution_method == method
+
+
+@pytest.mark.slow
+def test_chat_template_eos_tokens_survive_inseq(smollm2) -> None:  # type: ignore[no-untyped-def]
+    # SmolLM2 pads with its EOS (<|im_end|>), which its chat template uses inside every prompt. Inseq drops
+    # tokens equal to the pad token; the adapter must keep them, aligned with the matrix.
+    prompt = prepare_prompt(smollm2, PromptRecord(id="c", prompt="Hi"), chat_template=True, max_new_tokens=2)
+    eos = smollm2.tokenizer.eos_token_id
+    assert eos in prompt.input_ids
+    pad_before = smollm2.tokenizer.pad_token
+    [output] = attribute_inseq(smollm2, [prompt], "saliency", validate_options("saliency", {}))
+    assert isinstance(output, AttributionOutput), output
+    assert output.input_ids == prompt.input_ids
+    assert output.scores.shape == (len(output.output_ids), len(output.input_ids) + len(output.output_ids))
+    assert smollm2.tokenizer.pad_token == pad_before  # put back for the native engine and generation

@@ -14,6 +14,7 @@ import io
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,36 @@ from tokenlens.models import LoadedModel
 _PASSTHROUGH_OPTIONS = ("n_steps",)
 
 
+@contextlib.contextmanager
+def distinct_pad_token(loaded: LoadedModel) -> Iterator[None]:
+    """Let Inseq see every token.
+
+    Inseq 0.7.1 drops every token equal to its pad token from its output token lists and truncates
+    the matrix to match. Many chat models (SmolLM2 among them) pad with their EOS token, which their
+    chat template uses inside the prompt, so Inseq's output would lose and misalign those tokens.
+    While Inseq runs, the pad token points at UNK instead; that changes nothing Inseq computes, and
+    everything is put back afterwards.
+    """
+    tokenizer, config = loaded.tokenizer, loaded.model.config
+    harmful = tokenizer.pad_token_id is not None and tokenizer.pad_token_id == tokenizer.eos_token_id
+    usable = tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id
+    if not (harmful and usable):
+        yield
+        return
+    saved = (tokenizer.pad_token, tokenizer.padding_side, tokenizer.truncation_side, config.pad_token_id)
+    tokenizer.pad_token = tokenizer.unk_token
+    config.pad_token_id = None
+    try:
+        yield
+    finally:
+        tokenizer.pad_token, tokenizer.padding_side, tokenizer.truncation_side, config.pad_token_id = saved
+
+
 def _inseq_model(loaded: LoadedModel, method: str) -> Any:
-    """Inseq's wrapper around the already-loaded model, one per method, kept on the LoadedModel."""
+    """Inseq's wrapper around the already-loaded model, one per method, kept on the LoadedModel.
+
+    Call it inside `distinct_pad_token`: the wrapper reads the pad token when it is made.
+    """
     import inseq
 
     cache: dict[str, Any] = loaded.info.setdefault("inseq_models", {})
@@ -54,6 +83,17 @@ def attribute_inseq(
     generation_params: dict[str, Any] | None = None,
 ) -> list[AttributionOutput | PromptFailure]:
     """Attribute each prompt with Inseq's `method`; a failing prompt doesn't stop the others."""
+    with distinct_pad_token(loaded):
+        return _attribute_each(loaded, prompts, method, options, generation_params)
+
+
+def _attribute_each(
+    loaded: LoadedModel,
+    prompts: list[PromptInput],
+    method: str,
+    options: dict[str, Any],
+    generation_params: dict[str, Any] | None,
+) -> list[AttributionOutput | PromptFailure]:
     model = _inseq_model(loaded, method)
     outputs: list[AttributionOutput | PromptFailure] = []
     for prompt in prompts:
