@@ -203,13 +203,9 @@ def run_embedded(
                     loaded, task, storage=storage, attempts=attempts, max_attempts=max_attempts,
                     engine_batch_size=size, on_prompt_finished=settle,
                 )  # fmt: skip
-                total.done += report.done
-                total.skipped += report.skipped
-                total.failed += report.failed
-                total.tokens_attributed += report.tokens_attributed
-                total.reasons.update(report.reasons)
-                total.results.update(report.results)
                 retry_ids += report.retry
+                report.retry = []  # retried below; only the final outcome counts
+                total.merge(report)
             pending = [r for r in pending if r.id in set(retry_ids)]
     for prompt_id in total.done + total.skipped:
         total.reasons.pop(prompt_id, None)

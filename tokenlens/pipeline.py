@@ -48,6 +48,26 @@ class BatchReport:
     reasons: dict[str, str] = field(default_factory=dict)
     results: dict[str, AnalysisResult] = field(default_factory=dict)
 
+    def merge(self, other: BatchReport) -> None:
+        """Add another call's outcome to this one (a batch processed in several calls)."""
+        self.done += other.done
+        self.skipped += other.skipped
+        self.retry += other.retry
+        self.failed += other.failed
+        self.tokens_attributed += other.tokens_attributed
+        self.reasons.update(other.reasons)
+        self.results.update(other.results)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-safe outcome (prompt ids per outcome and tokens), for task results and logs."""
+        return {
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "retry": self.retry,
+            "tokens_attributed": self.tokens_attributed,
+        }
+
 
 def run_engine(
     loaded: LoadedModel,

@@ -19,8 +19,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.exceptions import Reject
@@ -31,6 +30,9 @@ from tokenlens.schema import ErrorRecord
 from tokenlens.tasks import BatchTask, PromptRecord
 from worker.app import app
 from worker.runtime import WorkerRuntime, current_runtime, gpu_peak_memory_bytes
+
+if TYPE_CHECKING:
+    from tokenlens.pipeline import BatchReport
 
 log = logging.getLogger(__name__)
 
@@ -120,24 +122,6 @@ class StopCheck:
             return False
 
 
-@dataclass
-class BatchOutcome:
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    retry: list[str] = field(default_factory=list)
-    tokens: int = 0
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "done": self.done,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "retry": self.retry,
-            "tokens_attributed": self.tokens,
-        }
-
-
 @app.task(name="tokenlens.attribute_batch", bind=True)
 def attribute_batch(self: Task, task: dict[str, Any], batch_id: str) -> dict[str, Any]:
     """Attribute one batch of prompts and store the results (see the module docstring).
@@ -198,7 +182,7 @@ def run_batch(rt: WorkerRuntime, batch: BatchTask, batch_id: str) -> dict[str, A
         rt.metrics.observe_batch(
             done=len(outcome.done),
             failed=len(outcome.failed),
-            tokens=outcome.tokens,
+            tokens=outcome.tokens_attributed,
             elapsed_s=elapsed_s,
             gpu_memory_bytes=gpu_peak_memory_bytes(rt.loaded.device),
         )
@@ -216,13 +200,13 @@ def run_batch(rt: WorkerRuntime, batch: BatchTask, batch_id: str) -> dict[str, A
     return outcome.summary()
 
 
-def _attribute(rt: WorkerRuntime, batch: BatchTask, run_queue: RunQueue) -> tuple[BatchOutcome, StopCheck]:
-    from tokenlens.pipeline import process_batch
+def _attribute(rt: WorkerRuntime, batch: BatchTask, run_queue: RunQueue) -> tuple[BatchReport, StopCheck]:
+    from tokenlens.pipeline import BatchReport, process_batch
 
     storage = rt.storage_for(batch.results_url)
     store = RunStore(storage, batch.run_id)
     stop = StopCheck(rt, run_queue)
-    outcome = BatchOutcome()
+    outcome = BatchReport()
     max_attempts = rt.settings.max_attempts
 
     # A prompt with a result or an error record has its outcome for this submission (resubmit clears errors).
@@ -250,11 +234,8 @@ def _attribute(rt: WorkerRuntime, batch: BatchTask, run_queue: RunQueue) -> tupl
         if stop.reason is not None:
             # Prompts handed back unstarted are not charged (a failed one may get one extra try).
             run_queue.refund(report.retry)
-        outcome.done += report.done
-        outcome.skipped += report.skipped
-        outcome.failed += report.failed
-        outcome.retry += report.retry
-        outcome.tokens += report.tokens_attributed
+        report.results.clear()  # the worker reports ids, not whole results
+        outcome.merge(report)
 
     if fresh:
         run(fresh)
