@@ -17,7 +17,6 @@ import io
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,20 +92,6 @@ def as_dtype(loaded: Any, dtype: str) -> Any:
     return LoadedModel(loaded.model_id, model, loaded.tokenizer, loaded.device, dtype)
 
 
-@contextlib.contextmanager
-def distinct_pad_token(loaded: Any) -> Iterator[None]:
-    """Inseq 0.7.1 drops tokens equal to its pad token (SmolLM2: EOS, used by the chat template) from its
-    output; point the pad at UNK while it runs so its output lines up with the tokens it attributed."""
-    tokenizer, config = loaded.tokenizer, loaded.model.config
-    saved = (tokenizer.pad_token, tokenizer.padding_side, tokenizer.truncation_side, config.pad_token_id)
-    tokenizer.pad_token = tokenizer.unk_token
-    config.pad_token_id = None
-    try:
-        yield
-    finally:
-        tokenizer.pad_token, tokenizer.padding_side, tokenizer.truncation_side, config.pad_token_id = saved
-
-
 def synchronize() -> None:
     import torch
 
@@ -116,6 +101,8 @@ def synchronize() -> None:
 
 def inseq_run(loaded: Any, method: str, text: str, max_new_tokens: int, n_steps: int) -> dict[str, Any]:
     import inseq
+
+    from tokenlens.engine.inseq_engine import distinct_pad_token
 
     kwargs: dict[str, Any] = {"n_steps": n_steps} if method == "integrated_gradients" else {}
     with distinct_pad_token(loaded):
