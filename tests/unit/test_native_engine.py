@@ -169,6 +169,11 @@ def test_saliency_logprob_is_probability_over_p(tiny_gpt2: LoadedModel) -> None:
     assert_close_relative(by_log.scores, expected)
 
 
+def test_missing_options_get_the_registry_defaults(tiny_gpt2: LoadedModel) -> None:
+    result = ok(attribute_native(tiny_gpt2, [make_prompt(tiny_gpt2, TEXTS[1])], "saliency", {})[0])
+    assert result.method_params == {"attributed_fn": "logprob", "target_chunk": 16}
+
+
 def test_attention_layer_and_head_selection(tiny_llama: LoadedModel) -> None:
     prompt = make_prompt(tiny_llama, TEXTS[1], max_new_tokens=4)
     result = ok(attribute_native(tiny_llama, [prompt], "attention", options("attention", layers=[1], heads=[0, 3]))[0])
@@ -361,6 +366,19 @@ def test_generate_greedy_equals_hf_generate_per_prompt(tiny_llama: LoadedModel) 
                 ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=prompt.max_new_tokens
             )
         assert tokens == reference[0, ids.shape[1] :].tolist()
+
+
+def test_generation_decodes_with_sdpa_and_restores_eager(tiny_llama: LoadedModel) -> None:
+    model = tiny_llama.model
+    assert model.config._attn_implementation == "eager"
+    seen: list[str] = []
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(module.config._attn_implementation))
+    try:
+        generate_greedy(tiny_llama, [make_prompt(tiny_llama, TEXTS[0], max_new_tokens=2)])
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {"sdpa"}
+    assert model.config._attn_implementation == "eager"  # Inseq and `attention` still get the weights
 
 
 def test_generation_stops_at_eos_and_keeps_it(tiny_gpt2: LoadedModel) -> None:

@@ -7,10 +7,11 @@ position q depend only on positions <= q, so one forward pass over prompt +
 output holds every step's activations. This engine
 
 1. generates greedily with the KV cache, left-padded batches (generation.py);
-2. runs the teacher-forced forward pass in segments (`target_chunk` positions,
-   longer if that makes more than MAX_SEGMENTS), each segment reading the
-   earlier ones through the KV cache *inside* the autograd graph, so the targets
-   of a segment backpropagate only through the prefix they can see;
+2. runs the teacher-forced forward pass in segments (SEGMENT_POSITIONS or
+   `target_chunk` positions, longer if that makes more than MAX_SEGMENTS),
+   each segment reading the earlier ones through the KV cache *inside* the
+   autograd graph, so the targets of a segment backpropagate only through the
+   prefix they can see;
 3. for each segment, computes its targets' input-embedding gradients with
    batched vector-Jacobian products (`is_grads_batched`, `target_chunk` targets
    per call, every prompt of the batch in each), starting from the closed form
@@ -43,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from tokenlens.engine.generation import generate_greedy, pad_token_id
+from tokenlens.engine.generation import attention_implementation, generate_greedy, pad_token_id
+from tokenlens.engine.registry import validate_options
 from tokenlens.engine.types import AttributionOutput, PromptFailure, PromptInput
 from tokenlens.errors import MethodOptionError
 from tokenlens.models import LoadedModel
@@ -60,10 +62,17 @@ CPU_MEMORY_BUDGET_BYTES = 4 << 30
 #: At most this many forward segments per pass: each keeps its own copy of the keys and values it attended
 #: to, so their number bounds the graph's memory; targets of a long segment take several backward calls.
 MAX_SEGMENTS = 8
+#: Shortest forward segment, in positions. Backward calls for a segment's targets run through all of it, so
+#: a target wastes on average half a segment; shorter segments waste less but make more (and smaller) calls.
+SEGMENT_POSITIONS = 16
 #: Largest padded area (prompts x longest length) a batch may have per real token when no batch size is
 #: given: padding costs full price in every backward pass, while batching saves little once a pass is
 #: a few hundred rows.
 MAX_PADDING_RATIO = 1.15
+#: On CPU, target slots x rows per backward call: beyond about this many the backward's elementwise work
+#: (norms, activations, rotary, softmax) spills out of the caches and runs at memory speed (measured on
+#: SmolLM2-135M, 2 cores: 64 beat 128 and 32). GPUs take the full `target_chunk`.
+CPU_SLOT_ROWS = 64
 #: Prompts that share a generation forward pass when no batch size is given.
 DEFAULT_GENERATION_BATCH = 16
 #: Target positions whose vocabulary distribution is materialised at once (bounds a [n, vocab] buffer).
@@ -117,7 +126,7 @@ def attribute_native(
             f"method {method!r} has no native engine (native methods: {', '.join(NATIVE_METHODS)}); "
             "run it with --engine inseq"
         )
-    options = dict(options)
+    options = validate_options(method, options)  # idempotent; fills defaults for direct callers
     _check_model_supported(loaded, method, options)
     results: list[AttributionOutput | PromptFailure | None] = [None] * len(prompts)
     items: list[_Item] = []
@@ -365,7 +374,10 @@ def _attribute_resilient(
         memory = _memory_model(loaded)
         width = max(len(item.ids) for item in items)
         step_group = max(1, min(step_group, memory.rows_that_fit(width) // len(items)))
-        chunk = max(1, min(chunk, memory.slots_that_fit(step_group * len(items), width)))
+        rows = step_group * len(items)
+        chunk = max(1, min(chunk, memory.slots_that_fit(rows, width)))
+        if loaded.model.device.type == "cpu":
+            chunk = max(1, min(chunk, CPU_SLOT_ROWS // rows))
     while True:
         try:
             batch = _attribute_batch(loaded, items, method, options, chunk, step_group)
@@ -395,7 +407,7 @@ def _attribute_resilient(
                     PromptFailure(
                         items[0].prompt.prompt_id,
                         "OutOfMemoryError",
-                        f"out of memory attributing this prompt alone, one target at a time: {exc}",
+                        f"out of memory attributing this prompt alone, in the smallest pieces: {exc}",
                     ),
                 )
             ]
@@ -585,9 +597,9 @@ def _segment_bounds(layout: _Layout, length: int) -> list[int]:
 
 
 def _segment_length(layout: _Layout, chunk: int) -> int:
-    """`chunk` positions, or longer where that would make more than MAX_SEGMENTS segments."""
+    """SEGMENT_POSITIONS or `chunk` positions, or longer where that would make more than MAX_SEGMENTS segments."""
     targets = layout.width - min(layout.starts)
-    return max(chunk, -(-targets // MAX_SEGMENTS))
+    return max(SEGMENT_POSITIONS, chunk, -(-targets // MAX_SEGMENTS))
 
 
 @dataclass(frozen=True)
@@ -778,6 +790,9 @@ def _segment_vjp(
             probabilities[row][k] = float(value)
     cotangents = torch.zeros((len(slots), *hidden.shape), dtype=hidden.dtype, device=device)
     cotangents[torch.tensor(slot_index, device=device), rows_t, offsets_t] = cotangent_rows
+    # The legacy vmap behind is_grads_batched loops over slots for silu_backward and _softmax_backward_data;
+    # torch.vmap over autograd.grad has batching rules for both, but measured no faster here (A/B on SmolLM2,
+    # 2 CPU cores: 22.9 s vs 22.3 s for the same batch), so the documented API stays.
     grads = torch.autograd.grad(hidden, leaves, grad_outputs=cotangents, is_grads_batched=True, retain_graph=True)
     return list(grads)
 
@@ -858,20 +873,6 @@ def _write_scores(
 # --------------------------------------------------------------------------- attention
 
 
-@contextlib.contextmanager
-def _eager_attention(model: Any) -> Iterator[None]:
-    """Attention weights exist only under eager attention; switch to it for the call if needed."""
-    current = getattr(model.config, "_attn_implementation", "eager")
-    if current == "eager" or not hasattr(model, "set_attn_implementation"):
-        yield
-        return
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(current)
-
-
 def _attention_batch(loaded: LoadedModel, items: list[_Item], options: dict[str, Any]) -> _BatchScores:
     import torch
 
@@ -884,7 +885,8 @@ def _attention_batch(loaded: LoadedModel, items: list[_Item], options: dict[str,
     scores = _empty_scores(items)
     probabilities: list[list[float]] = [[0.0] * n for n in layout.n_out]
     started = time.perf_counter()
-    with torch.no_grad(), _eager_attention(model):
+    # Attention weights exist only under eager attention.
+    with torch.no_grad(), attention_implementation(model, "eager"):
         output = model.base_model(
             input_ids=layout.ids[:, :end],
             attention_mask=layout.mask[:, :end],
