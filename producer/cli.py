@@ -12,33 +12,22 @@ from typing import Any
 
 import click
 
-from tokenlens.cli_run import method_flags, method_options, new_run_id
-from tokenlens.engine.registry import ENGINES
+from tokenlens.cli_run import RESULTS_HELP, attribution_options, method_flags, method_options, new_run_id
 from tokenlens.settings import Settings
 
 BROKER_HELP = "Redis URL (default: $TOKENLENS_BROKER_URL, else redis://localhost:6379/0)."
-RESULTS_HELP = "Results directory or URL (default: $TOKENLENS_RESULTS, else ./results)."
 
 
 @click.command("submit")
 @click.argument("prompts", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", "-m", required=True, help="Alias, Hugging Face id, local dir or .gguf; workers use the same.")
-@click.option("--method", default="saliency", show_default=True, help="Attribution method (`tokenlens methods`).")
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINES),
-    default="auto",
-    show_default=True,
-    help="auto: the native engine where the method has one, else Inseq. inseq: force Inseq.",
-)
+@attribution_options
 @click.option("--results", "results_url", help=RESULTS_HELP)
 @click.option("--broker", "broker_url", help=BROKER_HELP)
 @click.option(
     "--run-id", help="Name the run; an existing run id is resumed (only prompts without a result are queued)."
 )
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Prompts per queued batch.")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Tokens to generate per prompt.")
-@click.option("--chat/--no-chat", default=True, show_default=True, help="Apply the tokenizer's chat template.")
 @method_options
 def submit_command(
     prompts: Path,

@@ -26,26 +26,63 @@ METHOD_OPTION_FLAGS = {
 }
 
 
-def method_options(func: Any) -> Any:
-    """The method-option flags, added to a click command."""
-    decorators = [
-        click.option("--n-steps", type=int, help="Integration steps (integrated_gradients and other IG-like methods)."),
-        click.option(
-            "--attributed-fn",
-            type=click.Choice(["probability", "logprob"]),
-            help="What gradient methods differentiate: p or log p of each output token.",
-        ),
-        click.option("--layers", help="Attention layers to use, comma-separated (attention)."),
-        click.option("--heads", help="Attention heads to use, comma-separated (attention)."),
-        click.option(
-            "--target-chunk",
-            type=int,
-            help="Output tokens per backward pass (native gradient methods); halved on out-of-memory.",
-        ),
-    ]
+RESULTS_HELP = "Results directory or URL (default: $TOKENLENS_RESULTS, else ./results)."
+
+
+def _with_options(func: Any, decorators: list[Any]) -> Any:
+    """Apply click options so that --help lists them in the order given."""
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
+
+
+def attribution_options(func: Any) -> Any:
+    """What to attribute and how, shared by `run` and `submit`: method, engine, generation length, chat."""
+    return _with_options(
+        func,
+        [
+            click.option(
+                "--method", default="saliency", show_default=True, help="Attribution method (`tokenlens methods`)."
+            ),
+            click.option(
+                "--engine",
+                type=click.Choice(ENGINES),
+                default="auto",
+                show_default=True,
+                help="auto: TokenLens's native engine where the method has one, else Inseq. inseq: force Inseq.",
+            ),
+            click.option(
+                "--max-new-tokens", type=int, default=64, show_default=True, help="Tokens to generate per prompt."
+            ),
+            click.option(
+                "--chat/--no-chat", default=True, show_default=True, help="Apply the tokenizer's chat template."
+            ),
+        ],
+    )
+
+
+def method_options(func: Any) -> Any:
+    """The method-option flags, added to a click command."""
+    return _with_options(
+        func,
+        [
+            click.option(
+                "--n-steps", type=int, help="Integration steps (integrated_gradients and other IG-like methods)."
+            ),
+            click.option(
+                "--attributed-fn",
+                type=click.Choice(["probability", "logprob"]),
+                help="What gradient methods differentiate: p or log p of each output token.",
+            ),
+            click.option("--layers", help="Attention layers to use, comma-separated (attention)."),
+            click.option("--heads", help="Attention heads to use, comma-separated (attention)."),
+            click.option(
+                "--target-chunk",
+                type=int,
+                help="Output tokens per backward pass (native gradient methods); halved on out-of-memory.",
+            ),
+        ],
+    )
 
 
 def method_flags(flags: dict[str, Any]) -> dict[str, Any]:
@@ -63,21 +100,10 @@ def new_run_id(method: str) -> str:
 @click.option(
     "--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Alias, Hugging Face id, local dir or .gguf."
 )
-@click.option("--method", default="saliency", show_default=True, help="Attribution method (`tokenlens methods`).")
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINES),
-    default="auto",
-    show_default=True,
-    help="auto: TokenLens's native engine where the method has one, else Inseq. inseq: force Inseq.",
-)
-@click.option(
-    "--results", "results_url", help="Results directory or URL (default: $TOKENLENS_RESULTS, else ./results)."
-)
+@attribution_options
+@click.option("--results", "results_url", help=RESULTS_HELP)
 @click.option("--run-id", help="Name the run; an existing run id is resumed (only prompts without a result run).")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Tokens to generate per prompt.")
 @click.option("--batch-size", type=int, default=None, help="Prompts attributed together (default: 8 native, 1 Inseq).")
-@click.option("--chat/--no-chat", default=True, show_default=True, help="Apply the tokenizer's chat template.")
 @click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda|cuda:N")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 @click.option("--max-attempts", type=int, help="Tries per prompt before it becomes an error record (default 3).")
