@@ -79,18 +79,20 @@ def test_worker_killed_mid_batch_loses_nothing(
 def test_a_batch_longer_than_the_lease_stays_with_its_worker(
     tmp_path: Path, tiny_llama_dir: Path, broker_url: str, start_worker: StartWorker
 ) -> None:
-    lease_s = 6
+    # The shortest lease allowed and a batch several times longer (about 0.45 s per prompt on a quiet 2-core
+    # machine, more on a busy one), so the batch outlasts the lease whatever the machine's speed.
+    lease_s = 4
     results = tmp_path / "results"
-    ids = [f"p{i:03d}" for i in range(14)]
+    ids = [f"p{i:03d}" for i in range(30)]
     prompts = write_prompts(tmp_path / "prompts.jsonl", len(ids))
     env = {"TOKENLENS_LEASE_TIMEOUT": str(lease_s)}
     workers = [start_worker(tiny_llama_dir, broker_url, name=f"w{i}", env=env, wait=False) for i in range(2)]
     for worker in workers:
         worker.wait_ready()
     started = time.monotonic()
-    submit(prompts, tiny_llama_dir, results, broker_url, "long", "--batch-size", "14", *SLOW_BATCH)
+    submit(prompts, tiny_llama_dir, results, broker_url, "long", "--batch-size", str(len(ids)), *SLOW_BATCH)
     store = RunStore(LocalStorage(results), "long")
-    wait_until(lambda: len(store.ids("results")) == len(ids), 120, "all results")
+    wait_until(lambda: len(store.ids("results")) == len(ids), 240, "all results")
     took_s = time.monotonic() - started
     wait_until(lambda: sum(len(w.batches()) for w in workers) == 1, 10, "the batch log line")
 

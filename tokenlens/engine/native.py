@@ -69,9 +69,9 @@ SEGMENT_POSITIONS = 16
 #: given: padding costs full price in every backward pass, while batching saves little once a pass is
 #: a few hundred rows.
 MAX_PADDING_RATIO = 1.15
-#: On CPU, target slots x rows per backward call: beyond about this many the backward's elementwise work
-#: (norms, activations, rotary, softmax) spills out of the caches and runs at memory speed (measured on
-#: SmolLM2-135M, 2 cores: 64 beat 128 and 32). GPUs take the full `target_chunk`.
+#: On CPU, at most this many target slots x rows per backward call. Measured on SmolLM2-135M, 2 cores,
+#: integrated gradients (8 step rows) on 64 targets: 64 slot-rows took 42-47 s, 128 took 51 s, 32 took 49 s;
+#: larger calls make the backward's memory-bound elementwise work slower. GPUs take the full `target_chunk`.
 CPU_SLOT_ROWS = 64
 #: Prompts that share a generation forward pass when no batch size is given.
 DEFAULT_GENERATION_BATCH = 16
