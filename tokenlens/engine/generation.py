@@ -105,7 +105,9 @@ def generate_greedy(
     use_hf = needs_hf_generate(loaded, params)
     # Models load with eager attention (Inseq and the `attention` method need its weights); decoding only
     # needs the outputs, and SDPA gives them about 10% faster on CPU (same tokens up to float rounding).
-    fast = "sdpa" if getattr(loaded.model, "_supports_sdpa", False) else None
+    # Any other implementation the user chose (flash attention, say) is kept.
+    eager = getattr(loaded.model.config, "_attn_implementation", None) == "eager"
+    fast = "sdpa" if eager and getattr(loaded.model, "_supports_sdpa", False) else None
     with torch.inference_mode(), attention_implementation(loaded.model, fast):
         for start in range(0, len(order), size):
             indices = order[start : start + size]
