@@ -37,6 +37,21 @@ export function useDerived(att: Attribution | null, options: ViewOptions, active
   return { strengths, columns, rows, inputColumns, outputColumns, activeRow, sources, activeStrengths, activeValues };
 }
 
+export type Derived = ReturnType<typeof useDerived>;
+
+/** What every token strip of one result shares: the active row's strengths and values, and its strongest source. */
+export function sharedChipProps(att: Attribution, d: Derived, options: ViewOptions) {
+  return {
+    att,
+    rowStrengths: d.activeStrengths,
+    activeRow: d.activeRow,
+    threshold: options.threshold,
+    strongestColumn: d.sources[0]?.column ?? null,
+    mode: options.mode,
+    rowValues: d.activeValues,
+  };
+}
+
 export function templateCount(att: Attribution): number {
   return [...att.inputTokens, ...att.outputTokens].filter((t) => t.is_template).length;
 }
@@ -49,7 +64,7 @@ export interface ResultExplorerProps {
 
 export function ResultExplorer({ att, options, selection }: ResultExplorerProps) {
   const d = useDerived(att, options, selection.active);
-  const strongest = d.sources[0]?.column ?? null;
+  const chips = sharedChipProps(att, d, options);
   return (
     <div className="result-grid">
       <div className="result-main">
@@ -58,15 +73,9 @@ export function ResultExplorer({ att, options, selection }: ResultExplorerProps)
             Input <span className="muted small">{d.inputColumns.length} tokens</span>
           </h2>
           <TokenChips
-            att={att}
+            {...chips}
             kind="input"
             columns={d.inputColumns}
-            rowStrengths={d.activeStrengths}
-            activeRow={d.activeRow}
-            threshold={options.threshold}
-            strongestColumn={strongest}
-            mode={options.mode}
-            rowValues={d.activeValues}
             ariaLabel="Input tokens, coloured by their attribution to the selected output token"
           />
           <h2 id="output-heading">
@@ -76,15 +85,9 @@ export function ResultExplorer({ att, options, selection }: ResultExplorerProps)
             </span>
           </h2>
           <TokenChips
-            att={att}
+            {...chips}
             kind="output"
             columns={d.outputColumns}
-            rowStrengths={d.activeStrengths}
-            activeRow={d.activeRow}
-            threshold={options.threshold}
-            strongestColumn={strongest}
-            mode={options.mode}
-            rowValues={d.activeValues}
             selection={selection}
             ariaLabel="Output tokens: choose one to see its sources"
           />

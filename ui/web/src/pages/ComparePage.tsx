@@ -3,7 +3,7 @@
 // shows the sources of output #k in each run, and the view options apply to all. ?runs=a,b picks the runs.
 import { useCallback, useMemo, useState } from "react";
 import { Breadcrumbs, Loading, Notice } from "../components/Common";
-import { useDerived } from "../components/ResultExplorer";
+import { sharedChipProps, useDerived } from "../components/ResultExplorer";
 import { TokenChips } from "../components/TokenChips";
 import { TopSources } from "../components/TopSources";
 import { ViewControls } from "../components/ViewControls";
@@ -124,7 +124,6 @@ export function ComparePage({ runId, promptId }: { runId: string; promptId: stri
 function ComparePanel({ entry, options, selection }: { entry: CompareEntry; options: ViewOptions; selection: Selection }) {
   const { att, error } = useAttribution(urls.result(entry.run_id, entry.prompt_id));
   const d = useDerived(att, options, selection.active, 5);
-  const strongest = d.sources[0]?.column ?? null;
   return (
     <section className="panel compare-panel" data-run={entry.run_id} aria-label={`${entry.method} on ${entry.model}`}>
       <header className="compare-panel-header">
@@ -141,28 +140,16 @@ function ComparePanel({ entry, options, selection }: { entry: CompareEntry; opti
         <>
           <h3>Input</h3>
           <TokenChips
-            att={att}
+            {...sharedChipProps(att, d, options)}
             kind="input"
             columns={d.inputColumns}
-            rowStrengths={d.activeStrengths}
-            activeRow={d.activeRow}
-            threshold={options.threshold}
-            strongestColumn={strongest}
-            mode={options.mode}
-            rowValues={d.activeValues}
             ariaLabel={`Input tokens in ${entry.run_id}`}
           />
           <h3>Output</h3>
           <TokenChips
-            att={att}
+            {...sharedChipProps(att, d, options)}
             kind="output"
             columns={d.outputColumns}
-            rowStrengths={d.activeStrengths}
-            activeRow={d.activeRow}
-            threshold={options.threshold}
-            strongestColumn={strongest}
-            mode={options.mode}
-            rowValues={d.activeValues}
             selection={selection}
             ariaLabel={`Output tokens in ${entry.run_id}`}
           />
