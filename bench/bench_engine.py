@@ -243,7 +243,7 @@ def bench_method(
 
 def bench_seed_api(loaded: Any, max_new_tokens: int) -> dict[str, Any]:
     """One prompt through the seed API (native saliency, stored to a scratch dir) vs Inseq's attribute."""
-    from tokenlens.api import ModelManager, TokenAnalysisStorage, TokenAnalyzer
+    from tokenlens.seed_api import ModelManager, TokenAnalysisStorage, TokenAnalyzer
 
     manager = ModelManager(loaded, {"llm_id": loaded.model_id})
     with tempfile.TemporaryDirectory(prefix="tokenlens-bench-") as scratch:

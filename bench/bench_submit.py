@@ -19,8 +19,8 @@ from pathlib import Path
 
 import redis
 
-from producer.prompts import read_prompt_set
 from producer.submit import submit_run
+from tokenlens.prompt_sets import read_prompt_set
 from tokenlens.queue import RunKeys, RunQueue, connect_broker, queue_name
 
 BENCH_MODEL = "tokenlens-bench/no-such-model"

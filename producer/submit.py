@@ -15,13 +15,13 @@ from typing import Any
 
 import redis
 
-from producer.plan import plan_run
 from storage_backends import Storage, StorageError, open_storage
+from tokenlens.batch import BatchTask, PromptRecord
 from tokenlens.errors import TokenLensError
+from tokenlens.plan import plan_run
 from tokenlens.queue import BrokerError, QueueProgress, RunQueue, connect_broker, queue_name, redact_url
 from tokenlens.results import RunCounts, RunStore
 from tokenlens.schema import RunManifest
-from tokenlens.tasks import BatchTask, PromptRecord
 
 DEFAULT_BATCH_SIZE = 8
 

@@ -15,10 +15,10 @@ from typing import Any
 __version__ = "0.2.0"
 
 _LAZY = {
-    "ModelManager": "tokenlens.api",
-    "TokenAnalyzer": "tokenlens.api",
-    "InseqTokenAnalyzer": "tokenlens.api",
-    "TokenAnalysisStorage": "tokenlens.api",
+    "ModelManager": "tokenlens.seed_api",
+    "TokenAnalyzer": "tokenlens.seed_api",
+    "InseqTokenAnalyzer": "tokenlens.seed_api",
+    "TokenAnalysisStorage": "tokenlens.seed_api",
     "visualize": "tokenlens.heatmap",
     "AnalysisResult": "tokenlens.schema",
     "AnalysisMetadata": "tokenlens.schema",

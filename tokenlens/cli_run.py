@@ -140,7 +140,7 @@ def run_command(
       tokenlens run prompts.csv --method integrated_gradients --n-steps 16 --results s3://bucket/runs
       tokenlens run prompts.txt --model Qwen/Qwen2.5-0.5B-Instruct --device cuda --dtype bfloat16
     """
-    from producer.plan import plan_run
+    from tokenlens.plan import plan_run
 
     settings = Settings.from_env(results_url=results_url, max_attempts=max_attempts)
     if batch_size is not None and batch_size < 1:
@@ -200,8 +200,8 @@ def run_embedded(
     """Run the pipeline in-process over all records, retrying failed prompts up to `max_attempts`."""
     from tqdm import tqdm
 
+    from tokenlens.batch import BatchTask
     from tokenlens.pipeline import DEFAULT_ENGINE_BATCH, BatchReport, process_batch
-    from tokenlens.tasks import BatchTask
 
     chosen = resolve_engine(method, engine)
     size = batch_size or DEFAULT_ENGINE_BATCH.get(chosen, 1)

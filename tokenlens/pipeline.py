@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from storage_backends import Storage, open_storage
+from tokenlens.batch import BatchTask, PromptRecord
 from tokenlens.engine.registry import resolve_engine, validate_options
 from tokenlens.engine.types import AttributionOutput, PromptFailure, PromptInput
 from tokenlens.errors import TokenLensError
 from tokenlens.models import LoadedModel
-from tokenlens.prompting import prepare_prompt
 from tokenlens.results import RunStore
 from tokenlens.schema import (
     AnalysisData,
@@ -28,7 +28,7 @@ from tokenlens.schema import (
     TokenInfo,
     normalize_rows,
 )
-from tokenlens.tasks import BatchTask, PromptRecord
+from tokenlens.tokenization import prepare_prompt
 
 #: Prompts handed to the engine at once; `should_stop` is polled between such groups.
 DEFAULT_ENGINE_BATCH = {"native": 8, "inseq": 1}

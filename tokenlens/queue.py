@@ -39,8 +39,8 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
+from tokenlens.batch import BatchTask
 from tokenlens.errors import TokenLensError
-from tokenlens.tasks import BatchTask
 
 #: The Celery task name every batch message carries (worker/tasks.py registers it).
 TASK_NAME = "tokenlens.attribute_batch"

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from storage_backends import AlreadyExistsError, NotFoundError, Storage
+from tokenlens.batch import SAFE_ID_HELP, PromptRecord, is_safe_id
 from tokenlens.errors import RunNotFoundError, TokenLensError
 from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest
-from tokenlens.tasks import SAFE_ID_HELP, PromptRecord, is_safe_id
 
 RUNS_PREFIX = "runs/"
 KINDS = ("results", "inseq", "errors")

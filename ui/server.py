@@ -78,7 +78,7 @@ def ui_command(results_url: str | None, host: str, port: int) -> None:
     """
     import uvicorn
 
-    from ui.api import LOOPBACK_HOSTS, create_app
+    from ui.http_api import LOOPBACK_HOSTS, create_app
 
     settings = Settings.from_env(results_url=results_url)
     storage = open_results(settings.results_url)

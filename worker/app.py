@@ -17,7 +17,7 @@ second worker while the first is still on it. So while a batch runs, a
 heartbeat thread in the worker rewrites that batch's time in `unacked_index`
 (ZADD XX) every `heartbeat_interval_s`; only a worker that stopped
 heartbeating (killed with -9, node gone, or hung past twice the batch time
-limit) loses its batch. With TOKENLENS_LEASE_TIMEOUT = L (worker.settings.LeaseTiming):
+limit) loses its batch. With TOKENLENS_LEASE_TIMEOUT = L (worker.lease.LeaseTiming):
 
     visibility timeout = L - sweep interval,  sweep interval = clamp(L/10, 1 s, 30 s)  (throttle 1)
     heartbeat interval = visibility timeout / 4
@@ -37,7 +37,7 @@ back elsewhere after the lease with an attempt charged.
 
 Shutdown: SIGTERM starts Celery's warm shutdown. The running batch finishes the
 engine sub-batch it is in, hands its unstarted prompts back to the queue (no
-attempt charged), is acknowledged, and the worker exits: worker.settings.SHUTDOWN_GRACE_S.
+attempt charged), is acknowledged, and the worker exits: worker.lease.SHUTDOWN_GRACE_S.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from kombu import Queue
 
 from tokenlens.queue import queue_name
 from tokenlens.settings import Settings
-from worker.settings import LeaseTiming
+from worker.lease import LeaseTiming
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import click
 
 from tokenlens.models import DTYPES
 from tokenlens.settings import Settings
-from worker.settings import SHUTDOWN_GRACE_S
+from worker.lease import SHUTDOWN_GRACE_S
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -28,7 +28,7 @@ that can't load stops the worker before it takes any batch.
 \b
 Stopping: SIGTERM finishes the engine sub-batch in progress, hands the rest of
 the batch back to the queue and exits; allow it {SHUTDOWN_GRACE_S} s before SIGKILL
-(worker.settings.SHUTDOWN_GRACE_S). A killed worker loses no prompt: its batch
+(worker.lease.SHUTDOWN_GRACE_S). A killed worker loses no prompt: its batch
 comes back after TOKENLENS_LEASE_TIMEOUT seconds.
 
 \b

@@ -1,6 +1,6 @@
 """A worker's Prometheus metrics and its health endpoint, served on --metrics-port.
 
-    GET /metrics   the metrics named in worker.settings.METRIC_NAMES (Prometheus text format)
+    GET /metrics   the metrics named in METRIC_NAMES (Prometheus text format)
     GET /healthz   200 once the model is loaded and the worker consumes its queue, else 503
 
 The metrics live in their own registry, so /metrics shows exactly TokenLens's
@@ -25,6 +25,17 @@ from prometheus_client import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Prometheus metrics a worker exposes on --metrics-port.
+METRIC_NAMES = (
+    "tokenlens_prompts_done_total",
+    "tokenlens_prompts_failed_total",
+    "tokenlens_tokens_attributed_total",
+    "tokenlens_tokens_per_second",
+    "tokenlens_batch_latency_seconds",
+    "tokenlens_gpu_memory_bytes",
+    "tokenlens_model_load_seconds",
+)
 
 #: Batch latencies from a tiny model on CPU (sub-second) to long generations on big ones (an hour).
 LATENCY_BUCKETS_S = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)

@@ -21,8 +21,8 @@ from storage_backends import Storage, open_storage
 from tokenlens.errors import TokenLensError
 from tokenlens.queue import connect_broker, queue_name
 from tokenlens.settings import Settings
+from worker.lease import LeaseTiming, batch_time_limit_s
 from worker.metrics import WorkerMetrics
-from worker.settings import LeaseTiming, batch_time_limit_s
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from celery import Task
 from celery.exceptions import Reject
 
+from tokenlens.batch import BatchTask, PromptRecord
 from tokenlens.queue import UNACKED_INDEX_KEY, RunQueue, queue_name
 from tokenlens.results import RunStore
 from tokenlens.schema import ErrorRecord
-from tokenlens.tasks import BatchTask, PromptRecord
 from worker.app import app
 from worker.runtime import WorkerRuntime, current_runtime, gpu_peak_memory_bytes
 

@@ -24,7 +24,7 @@ from tests.deploy.deploy_files import (
     parse_cli,
     read_env_file,
 )
-from worker.settings import SHUTDOWN_GRACE_S
+from worker.lease import SHUTDOWN_GRACE_S
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")
 

@@ -23,7 +23,8 @@ from tests.deploy.deploy_files import (
     unit_value,
     worker_deployments,
 )
-from worker.settings import METRIC_NAMES, MIN_LEASE_TIMEOUT_S, SHUTDOWN_GRACE_S
+from worker.lease import MIN_LEASE_TIMEOUT_S, SHUTDOWN_GRACE_S
+from worker.metrics import METRIC_NAMES
 
 GUIDE = REPO / "docs" / "deploy.md"
 TEXT = GUIDE.read_text(encoding="utf-8")

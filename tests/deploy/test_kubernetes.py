@@ -28,7 +28,7 @@ from tests.deploy.deploy_files import (
     worker_deployments,
 )
 from tokenlens.queue import queue_name
-from worker.settings import SHUTDOWN_GRACE_S
+from worker.lease import SHUTDOWN_GRACE_S
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")
 #: Applied on their own: they need CRDs (Prometheus Operator) that a bare cluster lacks.

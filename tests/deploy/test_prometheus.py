@@ -18,8 +18,7 @@ from tests.deploy.deploy_files import (
     load_yaml_documents,
     option_value,
 )
-from worker.metrics import WorkerMetrics
-from worker.settings import METRIC_NAMES
+from worker.metrics import METRIC_NAMES, WorkerMetrics
 
 
 @pytest.fixture(scope="module")

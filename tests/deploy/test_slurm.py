@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.deploy_files import SBATCH, option_value, parse_cli
-from worker.settings import SHUTDOWN_GRACE_S
+from worker.lease import SHUTDOWN_GRACE_S
 
 #: A stand-in for `tokenlens`: records how it was started, and on SIGTERM takes a moment before exiting 0,
 #: like a worker finishing its sub-batch. STUB_CRASH_GPU makes the first start on that GPU exit 3.

@@ -21,7 +21,7 @@ from tests.deploy.deploy_files import (
     systemd_seconds,
     unit_value,
 )
-from worker.settings import SHUTDOWN_GRACE_S
+from worker.lease import SHUTDOWN_GRACE_S
 
 UNIT = read_unit(SYSTEMD_UNIT)
 GPU_INSTANCES = [str(gpu) for gpu in range(10)]

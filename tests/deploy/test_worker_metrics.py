@@ -16,7 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.deploy_files import REPO, compose_config, compose_workers, free_port, option_value
-from worker.settings import METRIC_NAMES, SHUTDOWN_GRACE_S
+from worker.lease import SHUTDOWN_GRACE_S
+from worker.metrics import METRIC_NAMES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""A real worker serves Prometheus metrics (exactly worker.settings.METRIC_NAMES) and /healthz on --metrics-port."""
+"""A real worker serves Prometheus metrics (exactly worker.metrics.METRIC_NAMES) and /healthz on --metrics-port."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from storage_backends import LocalStorage
 from tests.fixtures.redis_server import free_port
 from tests.integration.workers import StartWorker, submit, wait_until, write_prompts
 from tokenlens.results import RunStore
-from worker.settings import METRIC_NAMES
+from worker.metrics import METRIC_NAMES
 
 pytestmark = pytest.mark.integration
 

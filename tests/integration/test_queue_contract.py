@@ -10,9 +10,9 @@ import pytest
 import redis
 from celery import Celery
 
+from tokenlens.batch import BatchTask, PromptRecord
 from tokenlens.queue import RUN_HEADER, TASK_NAME, RunKeys, RunQueue, build_message, queue_name
-from tokenlens.tasks import BatchTask, PromptRecord
-from worker.settings import LeaseTiming
+from worker.lease import LeaseTiming
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from storage_backends import LocalStorage
 from tests.integration.workers import StartWorker, assert_exactly_one_valid_result, submit, wait_until, write_prompts
 from tokenlens.queue import RunKeys, queue_name
 from tokenlens.results import RunStore
-from worker.settings import SHUTDOWN_GRACE_S
+from worker.lease import SHUTDOWN_GRACE_S
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ ENGINES = ("auto", "native", "inseq")
 
 #: Inseq 0.7.1's `inseq.list_feature_attribution_methods()`, kept here so that
 #: validating a method name never imports Inseq (seconds of start-up).
-#: tests/unit/test_registry.py checks this list against the installed Inseq.
+#: tests/tokenlens/engine/test_registry.py checks this list against the installed Inseq.
 INSEQ_METHODS: tuple[str, ...] = (
     "attention",
     "deeplift",

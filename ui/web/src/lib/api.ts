@@ -1,4 +1,4 @@
-// The read-only API that `tokenlens ui` serves (ui/api.py), typed. Every URL the app fetches is built here.
+// The read-only API that `tokenlens ui` serves (ui/http_api.py), typed. Every URL the app fetches is built here.
 
 export class ApiError extends Error {
   constructor(

@@ -1,4 +1,4 @@
-// The pages against a stubbed fetch that answers like ui/api.py (whose real answers tests/ui/ checks).
+// The pages against a stubbed fetch that answers like ui/http_api.py (whose real answers tests/ui/ checks).
 import { act, fireEvent, render, screen, waitFor, within } from "@testing-library/react";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { App } from "../App";

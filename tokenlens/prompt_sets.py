@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tokenlens.batch import SAFE_ID_HELP, PromptRecord, is_safe_id
 from tokenlens.errors import PromptSetError
-from tokenlens.tasks import SAFE_ID_HELP, PromptRecord, is_safe_id
 
 FORMATS = ("jsonl", "csv", "txt")
 JSONL_FIELDS = {"id", "prompt", "target", "max_new_tokens"}

@@ -1,4 +1,7 @@
-"""Worker constants that deploy files and docs must agree with (tests check them), and the lease timing."""
+"""How a worker keeps its lease on a batch (LeaseTiming), its batch time limit and its shutdown grace.
+
+Deploy files and docs must agree with these numbers; tests/deploy checks them.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +15,6 @@ from dataclasses import dataclass
 #: back after the lease (TOKENLENS_LEASE_TIMEOUT). Deploy files give at least this as their stop grace
 #: period (tests/deploy checks it).
 SHUTDOWN_GRACE_S = 120
-
-#: Prometheus metrics a worker exposes on --metrics-port.
-METRIC_NAMES = (
-    "tokenlens_prompts_done_total",
-    "tokenlens_prompts_failed_total",
-    "tokenlens_tokens_attributed_total",
-    "tokenlens_tokens_per_second",
-    "tokenlens_batch_latency_seconds",
-    "tokenlens_gpu_memory_bytes",
-    "tokenlens_model_load_seconds",
-)
 
 #: The shortest lease that still leaves room for heartbeats and restore sweeps.
 MIN_LEASE_TIMEOUT_S = 4.0

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer.prompts import read_prompt_set
 from storage_backends import Storage, open_storage
+from tokenlens.batch import PromptRecord
 from tokenlens.engine.registry import get_method, resolve_engine, validate_options
 from tokenlens.errors import TokenLensError
 from tokenlens.models import check_model_spec
+from tokenlens.prompt_sets import read_prompt_set
 from tokenlens.results import RunStore
 from tokenlens.schema import RunManifest
-from tokenlens.tasks import PromptRecord
 
 
 @dataclass(frozen=True)

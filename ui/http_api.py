@@ -1,7 +1,7 @@
 """The read-only HTTP API over a results URL, and the app that serves it together with the built web UI.
 
 Every read goes through `tokenlens.results.RunStore`, so the UI sees exactly the storage layout the workers
-write. Only GET and HEAD are answered. Run and prompt ids are checked with `tokenlens.tasks.is_safe_id`, and
+write. Only GET and HEAD are answered. Run and prompt ids are checked with `tokenlens.batch.is_safe_id`, and
 request paths with `..`, encoded slashes, backslashes or NUL are refused before routing, so no request can name
 a key outside the results prefix. Responses carry the storage URL (which never holds credentials) and the
 stored files, nothing else about the server.
@@ -35,10 +35,10 @@ from starlette.routing import Route
 
 from storage_backends import InvalidKeyError, NotFoundError, Storage, StorageError, StorageUnavailableError
 from tokenlens import __version__
+from tokenlens.batch import SAFE_ID_HELP, is_safe_id
 from tokenlens.errors import RunNotFoundError, TokenLensError
 from tokenlens.results import KINDS, RunStore, list_run_ids
 from tokenlens.schema import ErrorRecord, RunManifest
-from tokenlens.tasks import SAFE_ID_HELP, is_safe_id
 
 logger = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokenlens.api import InseqTokenAnalyzer
+from tokenlens.batch import PromptRecord
 from tokenlens.engine.inseq_engine import attribute_inseq
 from tokenlens.engine.registry import validate_options
 from tokenlens.engine.types import AttributionOutput
-from tokenlens.prompting import prepare_prompt
-from tokenlens.tasks import PromptRecord
+from tokenlens.seed_api import InseqTokenAnalyzer
+from tokenlens.tokenization import prepare_prompt
 
 
 @pytest.mark.slow

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from storage_backends import LocalStorage
+from tokenlens.batch import PromptRecord
 from tokenlens.errors import RunNotFoundError, TokenLensError
 from tokenlens.results import RunStore, list_run_ids
 from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest
-from tokenlens.tasks import PromptRecord
 
 
 def make_result(prompt_id: str, value: float = 1.0) -> AnalysisResult:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenlens.batch import PromptRecord
 from tokenlens.engine.types import PromptInput
 from tokenlens.errors import PromptTooLongError
 from tokenlens.models import LoadedModel
-from tokenlens.tasks import PromptRecord
 
 
 def has_chat_template(tokenizer: Any) -> bool:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.prompts import read_prompt_set
 from tokenlens.errors import PromptSetError
+from tokenlens.prompt_sets import read_prompt_set
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tokenlens.batch import PromptRecord
 from tokenlens.errors import PromptTooLongError
-from tokenlens.prompting import prepare_prompt
-from tokenlens.tasks import PromptRecord
+from tokenlens.tokenization import prepare_prompt
 
 
 @pytest.mark.slow

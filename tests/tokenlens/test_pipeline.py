@@ -8,12 +8,12 @@ import pytest
 
 from storage_backends import LocalStorage
 from tokenlens import pipeline
+from tokenlens.batch import BatchTask, PromptRecord
 from tokenlens.engine.types import PromptFailure
 from tokenlens.models import load_model
 from tokenlens.pipeline import process_batch
 from tokenlens.results import RunStore
 from tokenlens.schema import AnalysisResult
-from tokenlens.tasks import BatchTask, PromptRecord
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, overload
 
 from storage_backends import Storage, open_storage
+from tokenlens.batch import BatchTask, PromptRecord
 from tokenlens.engine.registry import resolve_engine, validate_options
 from tokenlens.errors import TokenLensError
 from tokenlens.models import DEFAULT_MODEL, LoadedModel, load_model
 from tokenlens.pipeline import BatchReport, process_batch
 from tokenlens.results import RunStore
 from tokenlens.schema import AnalysisResult, RunManifest, utc_now_iso
-from tokenlens.tasks import BatchTask, PromptRecord
 
 DEFAULT_API_RUN_ID = "notebook"
 

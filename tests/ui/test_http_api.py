@@ -13,10 +13,10 @@ from starlette.testclient import TestClient
 
 from storage_backends import LocalStorage, Storage, open_storage
 from tests.ui.sample_runs import SamplePrompt, make_result, strongest_input, write_big_result, write_run
+from tokenlens.batch import PromptRecord
 from tokenlens.results import RunStore
 from tokenlens.schema import AnalysisResult
-from tokenlens.tasks import PromptRecord
-from ui.api import create_app, prompt_text_from_result
+from ui.http_api import create_app, prompt_text_from_result
 
 PROMPTS = [
     SamplePrompt("p1", "The quick brown fox jumps over the lazy dog"),
