@@ -22,6 +22,7 @@ import redis
 from producer.submit import submit_run
 from tokenlens.prompt_sets import read_prompt_set
 from tokenlens.queue import RunKeys, RunQueue, connect_broker, queue_name
+from tokenlens.spec import RunSpec
 
 BENCH_MODEL = "tokenlens-bench/no-such-model"
 
@@ -47,15 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         read_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        report = submit_run(
-            prompts,
+        spec = RunSpec(
+            run_id="bench-submit",
             model=BENCH_MODEL,
             method="saliency",
             results_url=str(Path(tmp) / "results"),
-            broker_url=args.broker,
-            run_id="bench-submit",
             batch_size=args.batch_size,
         )
+        report = submit_run(spec, prompts, broker_url=args.broker)
         total_s = time.perf_counter() - started
         queued = client.llen(queue_name(BENCH_MODEL))
         queued_bytes = client.memory_usage(queue_name(BENCH_MODEL)) or 0

@@ -12,22 +12,30 @@ from typing import Any
 
 import click
 
-from tokenlens.cli_run import RESULTS_HELP, attribution_options, method_flags, method_options, new_run_id
+from tokenlens import defaults
+from tokenlens.cli_options import (
+    attribution_options,
+    broker_option,
+    method_flags,
+    method_options,
+    model_option,
+    results_option,
+    run_id_option,
+)
 from tokenlens.settings import Settings
-
-BROKER_HELP = "Redis URL (default: $TOKENLENS_BROKER_URL, else redis://localhost:6379/0)."
+from tokenlens.spec import RunSpec, new_run_id
 
 
 @click.command("submit")
 @click.argument("prompts", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", "-m", required=True, help="Alias, Hugging Face id, local dir or .gguf; workers use the same.")
+@model_option(required=True, help="Alias, Hugging Face id, local dir or .gguf; workers use the same.")
 @attribution_options
-@click.option("--results", "results_url", help=RESULTS_HELP)
-@click.option("--broker", "broker_url", help=BROKER_HELP)
+@results_option()
+@broker_option()
+@run_id_option("Name the run; an existing run id is resumed (only prompts without a result are queued).")
 @click.option(
-    "--run-id", help="Name the run; an existing run id is resumed (only prompts without a result are queued)."
+    "--batch-size", type=int, default=defaults.SUBMIT_BATCH_SIZE, show_default=True, help="Prompts per queued batch."
 )
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Prompts per queued batch.")
 @method_options
 def submit_command(
     prompts: Path,
@@ -59,19 +67,12 @@ def submit_command(
     from tokenlens.queue import redact_url
 
     settings = Settings.from_env(results_url=results_url, broker_url=broker_url)
-    report = submit_run(
-        prompts,
-        model=model,
-        method=method,
-        results_url=settings.results_url,
-        broker_url=settings.broker_url,
-        run_id=run_id or new_run_id(method),
+    spec = RunSpec(
+        run_id=run_id or new_run_id(method), model=model, results_url=settings.results_url, method=method,
+        engine=engine, method_params=method_flags(flags), max_new_tokens=max_new_tokens, chat_template=chat,
         batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        engine=engine,
-        method_params=method_flags(flags),
-        chat_template=chat,
-    )
+    )  # fmt: skip
+    report = submit_run(spec, prompts, broker_url=settings.broker_url)
     verb = "resumed" if report.resumed else "submitted"
     click.echo(
         f"{verb} run {report.run_id}: {report.enqueued_prompts} prompts in {report.enqueued_batches} batches "
@@ -122,8 +123,8 @@ def describe_status(status: Any) -> list[str]:
 
 @click.command("status")
 @click.argument("run_id")
-@click.option("--results", "results_url", help=RESULTS_HELP)
-@click.option("--broker", "broker_url", help=BROKER_HELP)
+@results_option()
+@broker_option()
 @click.option("--watch", is_flag=True, help="Show a live progress bar until the run finishes (Ctrl+C to leave).")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between updates with --watch.")
 def status_command(run_id: str, results_url: str | None, broker_url: str | None, watch: bool, interval: float) -> None:
@@ -167,8 +168,8 @@ def status_command(run_id: str, results_url: str | None, broker_url: str | None,
 
 @click.command("cancel")
 @click.argument("run_id")
-@click.option("--broker", "broker_url", help=BROKER_HELP)
-@click.option("--results", "results_url", help="Results URL, to find the run's queue if Redis has forgotten it.")
+@broker_option()
+@results_option(help="Results URL, to find the run's queue if Redis has forgotten it.")
 def cancel_command(run_id: str, broker_url: str | None, results_url: str | None) -> None:
     """Remove RUN_ID's queued batches; workers drop its batches they already hold. Results stay.
 

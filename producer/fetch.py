@@ -29,7 +29,9 @@ from storage_backends import (
     open_storage,
 )
 from storage_backends.base import md5_hex
+from tokenlens.cli_options import results_option
 from tokenlens.errors import RunNotFoundError, TokenLensError
+from tokenlens.progress import read_progress
 from tokenlens.results import KINDS, RUNS_PREFIX, RunStore, list_run_ids
 from tokenlens.settings import Settings
 
@@ -220,14 +222,9 @@ def _open_for_reading(results_url: str | None) -> Storage:
     return storage
 
 
-RESULTS_HELP = (
-    "Results URL: a directory, file:///path or s3://bucket/prefix [default: $TOKENLENS_RESULTS, then ./results]."
-)
-
-
 @click.command("fetch")
 @click.argument("run_id")
-@click.option("--results", "results_url", metavar="URL", default=None, help=RESULTS_HELP)
+@results_option()
 @click.option(
     "--dest",
     type=click.Path(file_okay=False, path_type=Path),
@@ -288,6 +285,8 @@ class RunRow:
     prompts: int | None = None
     results: int | None = None
     errors: int | None = None
+    corrupt: int | None = None
+    #: Prompts with no outcome yet (`tokenlens.progress`: the UI calls the same count "pending").
     remaining: int | None = None
     created_at: str | None = None
     #: Why the row is incomplete (an unreadable run.json), else None.
@@ -298,7 +297,7 @@ def describe_run(storage: Storage, run_id: str) -> RunRow:
     store = RunStore(storage, run_id)
     try:
         manifest = store.read_manifest()
-        counts = store.counts()
+        counts = read_progress(store, manifest).counts
     except ValueError as exc:  # pydantic's ValidationError and bad JSON are ValueErrors
         first_line = str(exc).splitlines()[0]
         return RunRow(run_id=run_id, problem=f"unreadable run.json: {first_line}")
@@ -310,10 +309,11 @@ def describe_run(storage: Storage, run_id: str) -> RunRow:
         method=manifest.method,
         engine=manifest.engine,
         mode=manifest.mode,
-        prompts=manifest.prompt_count,
+        prompts=counts.prompt_count,
         results=counts.done,
         errors=counts.failed,
-        remaining=counts.remaining,
+        corrupt=counts.corrupt,
+        remaining=counts.pending,
         created_at=manifest.created_at,
     )
 
@@ -349,7 +349,7 @@ def format_table(rows: Sequence[RunRow]) -> list[str]:
 
 
 @click.command("runs")
-@click.option("--results", "results_url", metavar="URL", default=None, help=RESULTS_HELP)
+@results_option()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def runs_command(results_url: str | None, as_json: bool) -> None:
     """List the runs under a results URL: model, method, prompts, results, errors, creation time."""

@@ -11,19 +11,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
 
-from storage_backends import Storage, StorageError, open_storage
-from tokenlens.batch import BatchTask, PromptRecord
+from storage_backends import StorageError, open_storage
+from tokenlens import defaults
 from tokenlens.errors import TokenLensError
 from tokenlens.plan import plan_run
+from tokenlens.progress import RunCounts, read_progress
 from tokenlens.queue import BrokerError, QueueProgress, RunQueue, connect_broker, queue_name, redact_url
-from tokenlens.results import RunCounts, RunStore
+from tokenlens.results import RunStore
 from tokenlens.schema import RunManifest
-
-DEFAULT_BATCH_SIZE = 8
+from tokenlens.spec import RunSpec, build_batches
 
 
 @dataclass(frozen=True)
@@ -40,91 +39,55 @@ class SubmitReport:
     elapsed_s: float
 
 
-def submit_run(
-    prompts_path: str | Path,
-    *,
-    model: str,
-    method: str,
-    results_url: str,
-    broker_url: str,
-    run_id: str,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_new_tokens: int = 64,
-    engine: str = "auto",
-    method_params: dict[str, Any] | None = None,
-    chat_template: bool = True,
-) -> SubmitReport:
-    """Validate a prompt set and queue it for `model`'s workers; nothing is enqueued if anything is wrong."""
+def submit_run(spec: RunSpec, prompts_path: str | Path, *, broker_url: str) -> SubmitReport:
+    """Validate a prompt set and queue it for `spec.model`'s workers; nothing is enqueued if anything is wrong."""
     started = time.perf_counter()
-    if batch_size < 1:
-        raise TokenLensError(f"--batch-size {batch_size} must be at least 1")
-    plan = plan_run(
-        prompts_path, model=model, method=method, engine=engine, method_params=method_params,
-        max_new_tokens=max_new_tokens, chat_template=chat_template, results_url=results_url, run_id=run_id,
-        mode="distributed",
-    )  # fmt: skip
+    plan = plan_run(spec, prompts_path, mode="distributed")
     client = connect_broker(broker_url)  # an unreachable broker fails here, before run.json is written
     plan.save_manifest()
-    records, options, storage, store, resumed = plan.records, plan.options, plan.storage, plan.store, plan.resumed
-    model = plan.manifest.model
+    spec, records, store = plan.spec, plan.records, plan.store
+    model = spec.worker_model
     queue = queue_name(model)
 
     done = store.ids("results")
     pending = [r for r in records if r.id not in done]
-    run_queue = RunQueue(client, run_id)
+    run_queue = RunQueue(client, spec.run_id)
     try:
         # Resuming: drop what an earlier submit still has queued (it is queued again below), clear a
         # cancel, give failed prompts fresh attempts, and forget their old error records.
         run_queue.remove_queued(queue)
-        _clear_errors(store, storage, [r.id for r in pending])
+        _clear_errors(store, [r.id for r in pending])
         run_queue.reset_attempts([r.id for r in pending])
         run_queue.register(
             {
                 "model": model,
                 "queue": queue,
-                "method": method,
-                "results_url": storage.url,
+                "method": spec.method,
+                "results_url": spec.results_url,
                 "prompt_count": len(records),
                 "submitted_at": time.time(),
                 "done_at_submit": len(done),
             }
         )
-        batches = [
-            BatchTask(
-                run_id=run_id,
-                results_url=storage.url,
-                model=model,
-                method=method,
-                engine=engine,
-                method_params=options,
-                max_new_tokens=max_new_tokens,
-                chat_template=chat_template,
-                prompts=chunk,
-            )
-            for chunk in _chunks(pending, batch_size)
-        ]
+        batches = build_batches(spec, pending, spec.batch_size or defaults.SUBMIT_BATCH_SIZE)
         run_queue.enqueue(batches, queue)
     except redis.RedisError as exc:
         raise BrokerError(
-            f"the broker failed while queueing run {run_id!r} ({exc}); submit it again to resume"
+            f"the broker failed while queueing run {spec.run_id!r} ({exc}); submit it again to resume"
         ) from None
     return SubmitReport(
-        run_id=run_id,
+        run_id=spec.run_id,
         queue=queue,
         prompt_count=len(records),
         enqueued_prompts=len(pending),
         enqueued_batches=len(batches),
         already_done=len(done),
-        resumed=resumed,
+        resumed=plan.resumed,
         elapsed_s=time.perf_counter() - started,
     )
 
 
-def _chunks(items: Sequence[PromptRecord], size: int) -> list[list[PromptRecord]]:
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
-
-
-def _clear_errors(store: RunStore, storage: Storage, pending: Sequence[str]) -> None:
+def _clear_errors(store: RunStore, pending: Sequence[str]) -> None:
     pending_set = set(pending)
     for prompt_id in store.ids("errors") & pending_set:
         store.clear_error(prompt_id)
@@ -144,7 +107,7 @@ class RunStatus:
 
     @property
     def finished(self) -> bool:
-        return self.counts.remaining == 0
+        return self.counts.complete
 
     def throughput_per_s(self) -> float | None:
         """Prompts finished per second since the first worker took a batch of this submission."""
@@ -164,7 +127,7 @@ class RunStatus:
         rate = self.throughput_per_s()
         if rate is None or rate <= 0:
             return None
-        return self.counts.remaining / rate
+        return self.counts.pending / rate
 
 
 def run_status(run_id: str, *, results_url: str, broker_url: str) -> RunStatus:
@@ -172,7 +135,7 @@ def run_status(run_id: str, *, results_url: str, broker_url: str) -> RunStatus:
     storage = open_storage(results_url)
     store = RunStore(storage, run_id)
     manifest = store.read_manifest()
-    counts = store.counts()
+    counts = read_progress(store, manifest).counts
     progress: QueueProgress | None = None
     note: str | None = None
     try:

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tokenlens import defaults
+
 #: Prompt and run ids become file names in storage: keep them boring.
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SAFE_ID_HELP = "1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
@@ -50,11 +52,11 @@ class BatchTask(BaseModel):
     results_url: str
     model: str
     method: str
-    engine: str = "auto"
+    engine: str = defaults.ENGINE
     method_params: dict[str, Any] = Field(default_factory=dict)
-    max_new_tokens: int = 64
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
     generation_params: dict[str, Any] = Field(default_factory=dict)
-    chat_template: bool = True
+    chat_template: bool = defaults.CHAT_TEMPLATE
     prompts: list[PromptRecord]
 
     @field_validator("run_id")

@@ -9,6 +9,10 @@ class TokenLensError(Exception):
     """Base of all TokenLens errors. The CLI prints the message and exits non-zero."""
 
 
+class ConfigError(TokenLensError):
+    """A configuration value (an environment variable or a flag) that can't be used; the message names it."""
+
+
 class PromptSetError(TokenLensError):
     """A prompt set that can't be read. The message names the file and line."""
 

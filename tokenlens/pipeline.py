@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from storage_backends import Storage, open_storage
+from tokenlens import defaults
 from tokenlens.batch import BatchTask, PromptRecord
 from tokenlens.engine.registry import resolve_engine, validate_options
 from tokenlens.engine.types import AttributionOutput, PromptFailure, PromptInput
@@ -30,8 +31,10 @@ from tokenlens.schema import (
 )
 from tokenlens.tokenization import prepare_prompt
 
-#: Prompts handed to the engine at once; `should_stop` is polled between such groups.
-DEFAULT_ENGINE_BATCH = {"native": 8, "inseq": 1}
+
+def engine_batch_size_for(engine: str) -> int:
+    """Prompts handed to `engine` at once by default; `should_stop` is polled between such groups."""
+    return defaults.ENGINE_BATCH_SIZES.get(engine, 1)
 
 
 @dataclass
@@ -184,7 +187,7 @@ def process_batch(
     *,
     storage: Storage | None = None,
     attempts: Mapping[str, int] | None = None,
-    max_attempts: int = 3,
+    max_attempts: int = defaults.MAX_ATTEMPTS,
     should_stop: Callable[[], bool] | None = None,
     engine_batch_size: int | None = None,
     on_prompt_finished: Callable[[str, str], None] | None = None,
@@ -243,7 +246,7 @@ def process_batch(
         except TokenLensError as exc:
             fail(record.id, type(exc).__name__, str(exc), permanent=True)
 
-    size = engine_batch_size or DEFAULT_ENGINE_BATCH.get(engine, 1)
+    size = engine_batch_size or engine_batch_size_for(engine)
     groups = _chunks(prepared, size)
     for index, group in enumerate(groups):
         if should_stop is not None and should_stop():

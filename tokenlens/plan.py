@@ -1,33 +1,34 @@
-"""Plan a run before any work: validate the prompt set and settings, open the results URL, write run.json.
+"""Plan a run before any work: read the prompt set, open the results URL, check a resumed run, write run.json.
 
 `tokenlens run` (embedded) and `tokenlens submit` (distributed) start the same
-way, so they share this: everything that can be checked is checked here,
-before a model loads or a batch is queued.
+way, so they share this: the `RunSpec` was validated when it was built, and
+everything else that can be checked is checked here, before a model loads or a
+batch is queued.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from storage_backends import Storage, open_storage
 from tokenlens.batch import PromptRecord
-from tokenlens.engine.registry import get_method, resolve_engine, validate_options
 from tokenlens.errors import TokenLensError
-from tokenlens.models import check_model_spec
 from tokenlens.prompt_sets import read_prompt_set
 from tokenlens.results import RunStore
 from tokenlens.schema import RunManifest
+from tokenlens.spec import RunSpec
+
+#: What makes a resumed run the same run (besides its prompt set).
+RESUME_IDENTITY = ("model", "method", "engine", "method_params", "generation_params", "chat_template")
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A validated run: its prompts, resolved engine and options, and where it is stored."""
+    """A validated run: its spec (with the results URL as storage names it), prompts, and where it is stored."""
 
+    spec: RunSpec
     records: list[PromptRecord]
-    engine: str
-    options: dict[str, Any]
     manifest: RunManifest
     storage: Storage
     store: RunStore
@@ -44,16 +45,9 @@ class RunPlan:
             self.store.write_manifest(self.manifest)
 
 
-def model_for_manifest(model: str) -> str:
-    """The model as workers must load it: a local directory or file becomes its absolute path."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
-
-
 def check_resumable(previous: RunManifest, manifest: RunManifest) -> None:
     """A resumed run must be the same run: same prompts, model, method and settings."""
-    fields = ("model", "method", "engine", "method_params", "generation_params", "chat_template")
-    for name in fields:
+    for name in RESUME_IDENTITY:
         if getattr(previous, name) != getattr(manifest, name):
             raise TokenLensError(
                 f"run {manifest.run_id!r} already exists with {name}={getattr(previous, name)!r}, not "
@@ -66,47 +60,15 @@ def check_resumable(previous: RunManifest, manifest: RunManifest) -> None:
         )
 
 
-def plan_run(
-    prompts_path: str | Path,
-    *,
-    model: str,
-    method: str,
-    engine: str,
-    method_params: dict[str, Any] | None,
-    max_new_tokens: int,
-    chat_template: bool,
-    results_url: str,
-    run_id: str,
-    mode: str,
-) -> RunPlan:
-    """Validate everything cheap and check a resumed run matches; nothing is written (see `save_manifest`)."""
+def plan_run(spec: RunSpec, prompts_path: str | Path, *, mode: str) -> RunPlan:
+    """Read the prompt set, open storage and check a resumed run matches; nothing is written (see `save_manifest`)."""
     records = read_prompt_set(prompts_path)
-    get_method(method)
-    chosen_engine = resolve_engine(method, engine)
-    options = validate_options(method, method_params or {})
-    check_model_spec(model)
-    if max_new_tokens < 1:
-        raise TokenLensError(f"--max-new-tokens {max_new_tokens} must be at least 1")
-    storage = open_storage(results_url)
+    storage = open_storage(spec.results_url)
     storage.check()
-    manifest = RunManifest(
-        run_id=run_id,
-        model=model_for_manifest(model),
-        method=method,
-        engine=chosen_engine,
-        method_params=options,
-        generation_params={"max_new_tokens": max_new_tokens},
-        chat_template=chat_template,
-        prompt_count=len(records),
-        prompt_ids=[r.id for r in records],
-        source=str(prompts_path),
-        mode=mode,
-    )
-    store = RunStore(storage, run_id)
+    spec = replace(spec, results_url=storage.url)
+    manifest = spec.manifest([r.id for r in records], mode=mode, source=str(prompts_path))
+    store = RunStore(storage, spec.run_id)
     resumed = store.exists()
     if resumed:
         check_resumable(store.read_manifest(), manifest)
-    return RunPlan(
-        records=records, engine=chosen_engine, options=options, manifest=manifest, storage=storage, store=store,
-        resumed=resumed,
-    )  # fmt: skip
+    return RunPlan(spec=spec, records=records, manifest=manifest, storage=storage, store=store, resumed=resumed)

@@ -10,7 +10,6 @@ runs/<run_id>/errors/<prompt_id>.json    a prompt that failed for good (ErrorRec
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from storage_backends import AlreadyExistsError, NotFoundError, Storage
 from tokenlens.batch import SAFE_ID_HELP, PromptRecord, is_safe_id
@@ -25,19 +24,6 @@ def _checked_id(kind: str, value: str) -> str:
     if not is_safe_id(value):
         raise TokenLensError(f"{kind} {value!r} is not a safe file name ({SAFE_ID_HELP})")
     return value
-
-
-@dataclass(frozen=True)
-class RunCounts:
-    """A run's progress as storage alone knows it."""
-
-    prompt_count: int
-    done: int
-    failed: int
-
-    @property
-    def remaining(self) -> int:
-        return max(self.prompt_count - self.done - self.failed, 0)
 
 
 class RunStore:
@@ -133,12 +119,6 @@ class RunStore:
         return {
             info.key[len(prefix) : -len(".json")] for info in self.storage.list(prefix) if info.key.endswith(".json")
         }
-
-    def counts(self) -> RunCounts:
-        manifest = self.read_manifest()
-        done = self.ids("results")
-        failed = self.ids("errors") - done
-        return RunCounts(prompt_count=manifest.prompt_count, done=len(done), failed=len(failed))
 
 
 def list_run_ids(storage: Storage) -> Iterator[str]:

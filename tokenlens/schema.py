@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tokenlens import defaults
+
 SCHEMA_VERSION = "2.0"
 
 
@@ -43,7 +45,7 @@ class AnalysisMetadata(BaseModel):
     timestamp: str = Field(default_factory=utc_now_iso)
     llm_id: str
     prompt: str
-    attribution_method: str = "saliency"
+    attribution_method: str = defaults.METHOD
     generation_params: dict[str, Any] = Field(default_factory=dict)
     version: str = SCHEMA_VERSION
     run_id: str | None = None
@@ -137,10 +139,12 @@ class RunManifest(BaseModel):
     run_id: str
     model: str
     method: str
-    engine: str = "auto"
+    engine: str = defaults.ENGINE
     method_params: dict[str, Any] = Field(default_factory=dict)
     generation_params: dict[str, Any] = Field(default_factory=dict)
-    chat_template: bool = True
+    chat_template: bool = defaults.CHAT_TEMPLATE
+    #: The dtype the model computed in; None where the workers' own `--dtype` decided (`submit`).
+    dtype: str | None = None
     prompt_count: int
     prompt_ids: list[str] = Field(default_factory=list)
     source: str | None = None

@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any, overload
 
 from storage_backends import Storage, open_storage
-from tokenlens.batch import BatchTask, PromptRecord
+from tokenlens import defaults
+from tokenlens.batch import PromptRecord
 from tokenlens.engine.registry import resolve_engine, validate_options
 from tokenlens.errors import TokenLensError
-from tokenlens.models import DEFAULT_MODEL, LoadedModel, load_model
+from tokenlens.models import LoadedModel, load_model
 from tokenlens.pipeline import BatchReport, process_batch
 from tokenlens.results import RunStore
-from tokenlens.schema import AnalysisResult, RunManifest, utc_now_iso
+from tokenlens.schema import AnalysisResult
+from tokenlens.spec import RunSpec, build_batches
 
 DEFAULT_API_RUN_ID = "notebook"
 
@@ -51,9 +53,9 @@ class ModelManager:
                 f"unknown ModelManager config key(s) {', '.join(unknown)}; use llm_id, device, torch_dtype"
             )
         loaded = load_model(
-            config.get("llm_id", DEFAULT_MODEL),
-            device=config.get("device", "auto"),
-            dtype=config.get("torch_dtype", "float32"),
+            config.get("llm_id", defaults.MODEL),
+            device=config.get("device", defaults.DEVICE),
+            dtype=config.get("torch_dtype", defaults.DTYPE),
         )
         return cls(loaded, config)
 
@@ -84,20 +86,13 @@ class TokenAnalysisStorage:
     def run_id(self) -> str:
         return self.run.run_id
 
-    def ensure_manifest(
-        self, model: str, method: str, engine: str, options: dict[str, Any], generation: dict[str, Any]
-    ) -> None:
+    def ensure_manifest(self, spec: RunSpec) -> None:
         """Create or refresh run.json so that the UI and `tokenlens runs` list this run."""
         done = self.run.ids("results") | self.run.ids("errors")
         previous = self.run.read_manifest() if self.run.exists() else None
         ids = sorted(done | set(previous.prompt_ids if previous else []))
-        self.run.write_manifest(
-            RunManifest(
-                run_id=self.run_id, model=model, method=method, engine=engine, method_params=options,
-                generation_params=generation, prompt_count=len(ids), prompt_ids=ids, mode="api",
-                created_at=previous.created_at if previous else utc_now_iso(),
-            )
-        )  # fmt: skip
+        created_at = previous.created_at if previous else None
+        self.run.write_manifest(spec.manifest(ids, mode="api", created_at=created_at))
 
     def save(self, result: AnalysisResult) -> str:
         """Store a result (create-only) and return its key."""
@@ -125,22 +120,32 @@ def prompt_id_for(text: str) -> str:
 class TokenAnalyzer:
     """Attribute prompts with one method; TokenLens's native engine where the method has one."""
 
-    engine = "auto"
+    engine = defaults.ENGINE
 
     def __init__(
         self,
         manager: ModelManager,
-        method: str = "saliency",
+        method: str = defaults.METHOD,
         generation_params: dict[str, Any] | None = None,
-        chat_template: bool = True,
+        chat_template: bool = defaults.CHAT_TEMPLATE,
         method_params: dict[str, Any] | None = None,
     ) -> None:
         self.manager = manager
         self.method = method
-        self.generation_params = dict(generation_params or {"max_new_tokens": 64})
+        self.generation_params = dict(generation_params or {"max_new_tokens": defaults.MAX_NEW_TOKENS})
         self.chat_template = chat_template
         self.resolved_engine = resolve_engine(method, self.engine)
         self.method_params = validate_options(method, method_params or {})
+
+    def spec_for(self, run_id: str, results_url: str) -> RunSpec:
+        """This analyzer's settings as the run spec of `run_id` under `results_url`."""
+        params = dict(self.generation_params)
+        max_new_tokens = int(params.pop("max_new_tokens", defaults.MAX_NEW_TOKENS))
+        return RunSpec(
+            run_id=run_id, model=self.manager.llm_id, results_url=results_url, method=self.method,
+            engine=self.engine, method_params=self.method_params, max_new_tokens=max_new_tokens,
+            generation_params=params, chat_template=self.chat_template, dtype=self.manager.loaded.dtype,
+        )  # fmt: skip
 
     @overload
     def analyze(self, prompts: str, storage: TokenAnalysisStorage | None = None) -> AnalysisResult: ...
@@ -153,25 +158,15 @@ class TokenAnalyzer:
         """Attribute one prompt or a list; with `storage`, each result is also stored."""
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
         records = [PromptRecord(id=prompt_id_for(text), prompt=text) for text in dict.fromkeys(texts)]
-        params = dict(self.generation_params)
-        max_new_tokens = int(params.pop("max_new_tokens", 64))
         target = storage or TokenAnalysisStorage(base_path=_scratch_dir())
+        spec = self.spec_for(target.run_id, results_url=target.base_path)
         if storage is not None:
-            storage.ensure_manifest(
-                self.manager.llm_id, self.method, self.resolved_engine, self.method_params,
-                {"max_new_tokens": max_new_tokens, **params},
-            )  # fmt: skip
-        task = BatchTask(
-            run_id=target.run_id, results_url=target.base_path, model=self.manager.llm_id, method=self.method,
-            engine=self.engine, method_params=self.method_params, max_new_tokens=max_new_tokens,
-            generation_params=params, chat_template=self.chat_template, prompts=records,
-        )  # fmt: skip
-        report = process_batch(self.manager.loaded, task, storage=target.storage, max_attempts=1)
+            storage.ensure_manifest(spec)
+        report = BatchReport()
+        for task in build_batches(spec, records, max(len(records), 1)):
+            report.merge(process_batch(self.manager.loaded, task, storage=target.storage, max_attempts=1))
         if storage is not None:
-            storage.ensure_manifest(
-                self.manager.llm_id, self.method, self.resolved_engine, self.method_params,
-                {"max_new_tokens": max_new_tokens, **params},
-            )  # fmt: skip
+            storage.ensure_manifest(spec)
         by_id = _collect(report, target)
         results = [by_id[prompt_id_for(text)] for text in texts]
         return results[0] if isinstance(prompts, str) else results
@@ -212,9 +207,9 @@ class InseqTokenAnalyzer(TokenAnalyzer):
     def __init__(
         self,
         manager: ModelManager,
-        attribution_method: str = "saliency",
+        attribution_method: str = defaults.METHOD,
         generation_params: dict[str, Any] | None = None,
-        chat_template: bool = True,
+        chat_template: bool = defaults.CHAT_TEMPLATE,
         method_params: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(manager, attribution_method, generation_params, chat_template, method_params)

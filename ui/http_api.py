@@ -1,7 +1,9 @@
 """The read-only HTTP API over a results URL, and the app that serves it together with the built web UI.
 
-Every read goes through `tokenlens.results.RunStore`, so the UI sees exactly the storage layout the workers
-write. Only GET and HEAD are answered. Run and prompt ids are checked with `tokenlens.batch.is_safe_id`, and
+Every read goes through the core's `tokenlens.run_reader.RunReader` (and so `tokenlens.results.RunStore` and
+the counting rule of `tokenlens.progress`), so the UI sees exactly the storage layout the workers write and the
+same done / failed / pending counts as `tokenlens status` and `tokenlens runs`; this module only turns them into
+JSON. Only GET and HEAD are answered. Run and prompt ids are checked with `tokenlens.batch.is_safe_id`, and
 request paths with `..`, encoded slashes, backslashes or NUL are refused before routing, so no request can name
 a key outside the results prefix. Responses carry the storage URL (which never holds credentials) and the
 stored files, nothing else about the server.
@@ -16,11 +18,9 @@ stored files, nothing else about the server.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,8 @@ from storage_backends import InvalidKeyError, NotFoundError, Storage, StorageErr
 from tokenlens import __version__
 from tokenlens.batch import SAFE_ID_HELP, is_safe_id
 from tokenlens.errors import RunNotFoundError, TokenLensError
-from tokenlens.results import KINDS, RunStore, list_run_ids
-from tokenlens.schema import ErrorRecord, RunManifest
+from tokenlens.results import KINDS
+from tokenlens.run_reader import PromptNotInRunError, RunReader, RunUnreadableError
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 READ_METHODS = ("GET", "HEAD")
-#: Storage reads in flight at once while building a run's prompt list (S3 round trips dominate).
-READ_WORKERS = 8
 #: Below this many bytes a JSON body is sent uncompressed (gzip would not pay for itself).
 GZIP_MINIMUM_BYTES = 1024
 #: Result files are a few MB at most; level 5 compresses them ~5x at a fraction of level 9's CPU time.
@@ -89,245 +87,6 @@ def _checked(label: str, value: str) -> str:
     return value
 
 
-# --- reading runs ------------------------------------------------------------------------------------------
-
-
-def prompt_text_from_result(raw: bytes) -> str | None:
-    """The ``metadata.prompt`` of a stored TokenLens JSON file, without parsing its (large) matrices.
-
-    Results are written as ``{"metadata":{...},"data":...}``: decoding just the metadata object skips the
-    matrices, which are nearly all of the file. Any other layout falls back to a full parse.
-    """
-    text = raw.decode("utf-8", errors="replace")
-    head = '{"metadata":'
-    metadata: Any = None
-    if text.startswith(head):
-        try:
-            metadata, _end = json.JSONDecoder().raw_decode(text, len(head))
-        except json.JSONDecodeError:
-            metadata = None
-    if metadata is None:
-        try:
-            metadata = json.loads(text).get("metadata")
-        except (json.JSONDecodeError, AttributeError):
-            return None
-    prompt = metadata.get("prompt") if isinstance(metadata, dict) else None
-    return prompt if isinstance(prompt, str) else None
-
-
-class RunReader:
-    """Reads runs for the API, remembering the prompt text of each stored result.
-
-    Results are create-only (a stored result is never rewritten), so a prompt's text, once read, stays true;
-    that makes the run page and compare cheap after the first visit even on S3.
-    """
-
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-        self._texts: dict[tuple[str, str], str | None] = {}
-        self._prompt_files_read: set[str] = set()
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=READ_WORKERS, thread_name_prefix="tokenlens-ui-read")
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def store(self, run_id: str) -> RunStore:
-        return RunStore(self.storage, _checked("run id", run_id))
-
-    def manifest(self, run_id: str) -> RunManifest:
-        store = self.store(run_id)
-        try:
-            return store.read_manifest()
-        except RunNotFoundError as exc:
-            raise ApiError(404, str(exc)) from None
-        except ValueError as exc:  # pydantic's ValidationError, a corrupt run.json
-            raise ApiError(500, f"run {run_id!r} has an unreadable run.json: {exc}") from None
-
-    def summary(self, run_id: str) -> dict[str, Any]:
-        """A run's manifest essentials and its progress, as storage alone knows it."""
-        store = self.store(run_id)
-        try:
-            manifest = store.read_manifest()
-        except (TokenLensError, ValueError) as exc:
-            return {"run_id": run_id, "error": f"unreadable run.json: {exc}"}
-        done = store.ids("results")
-        failed = store.ids("errors") - done
-        return _summary(manifest, done, failed)
-
-    def runs(self) -> list[dict[str, Any]]:
-        run_ids = sorted(list_run_ids(self.storage))
-        summaries = list(self._pool.map(self.summary, run_ids))
-        # Newest first: that is the run a person just started and wants to watch.
-        summaries.sort(key=lambda s: (s.get("created_at") or "", s["run_id"]), reverse=True)
-        return summaries
-
-    def prompt_texts(self, run_id: str, prompt_ids: Iterable[str]) -> dict[str, str | None]:
-        """The text of each given prompt: from the run's prompts.jsonl, else from its stored result.
-
-        Read once, then remembered (a run's prompt set and its results never change).
-        """
-        store = self.store(run_id)
-        wanted = list(prompt_ids)
-        with self._lock:
-            known_run = run_id in self._prompt_files_read
-        if not known_run:
-            try:
-                from_file = {pid: record.prompt for pid, record in store.read_prompts().items()}
-            except ValueError:  # an unreadable prompts.jsonl: fall back to the results
-                from_file = {}
-            with self._lock:
-                self._prompt_files_read.add(run_id)
-                self._texts.update({(run_id, pid): text for pid, text in from_file.items()})
-        with self._lock:
-            missing = [pid for pid in wanted if (run_id, pid) not in self._texts]
-
-        def read(prompt_id: str) -> tuple[str, str | None]:
-            try:
-                return prompt_id, prompt_text_from_result(self.storage.get(store.key("results", prompt_id)))
-            except NotFoundError:
-                return prompt_id, None
-
-        for prompt_id, text in self._pool.map(read, missing):
-            if text is not None:
-                with self._lock:
-                    self._texts[(run_id, prompt_id)] = text
-        with self._lock:
-            return {pid: self._texts.get((run_id, pid)) for pid in wanted}
-
-    def errors(self, run_id: str, prompt_ids: Iterable[str]) -> dict[str, ErrorRecord | None]:
-        store = self.store(run_id)
-
-        def read(prompt_id: str) -> tuple[str, ErrorRecord | None]:
-            try:
-                return prompt_id, store.read_error(prompt_id)
-            except NotFoundError:  # cleared by a retry since the listing
-                return prompt_id, None
-            except ValueError as exc:
-                record = ErrorRecord(
-                    run_id=run_id, prompt_id=prompt_id, prompt="", error_type="UnreadableErrorRecord", message=str(exc)
-                )
-                return prompt_id, record
-
-        return dict(self._pool.map(read, list(prompt_ids)))
-
-    def run_detail(self, run_id: str) -> dict[str, Any]:
-        manifest = self.manifest(run_id)
-        store = self.store(run_id)
-        done = store.ids("results")
-        failed = store.ids("errors") - done
-        listed = list(dict.fromkeys(manifest.prompt_ids))
-        texts = self.prompt_texts(run_id, done | set(listed))
-        errors = self.errors(run_id, failed)
-        # Manifest order first (the order of the prompt set), then anything stored that it does not list.
-        extra = sorted((done | failed) - set(listed))
-        prompts = []
-        for prompt_id in listed + extra:
-            entry: dict[str, Any] = {"prompt_id": prompt_id, "prompt": None, "error": None}
-            if prompt_id in done:
-                entry["status"] = "done"
-                entry["prompt"] = texts.get(prompt_id)
-            elif prompt_id in failed:
-                entry["prompt"] = texts.get(prompt_id)
-                entry["status"] = "failed"
-                record = errors.get(prompt_id)
-                if record is not None:
-                    entry["prompt"] = entry["prompt"] or record.prompt or None
-                    entry["error"] = {
-                        "error_type": record.error_type,
-                        "message": record.message,
-                        "attempts": record.attempts,
-                        "timestamp": record.timestamp,
-                    }
-            else:
-                entry["status"] = "pending"
-                entry["prompt"] = texts.get(prompt_id)
-            prompts.append(entry)
-        return {
-            "run": _summary(manifest, done, failed),
-            "manifest": manifest.model_dump(mode="json"),
-            "prompts": prompts,
-        }
-
-    def prompt_text(self, run_id: str, prompt_id: str) -> tuple[str | None, str | None]:
-        """(text, status) of one prompt of a run; status None if the run has neither a result nor an error."""
-        store = self.store(run_id)
-        if store.has_result(prompt_id):
-            return self.prompt_texts(run_id, [prompt_id])[prompt_id], "done"
-        try:
-            return store.read_error(prompt_id).prompt or None, "failed"
-        except NotFoundError:
-            return None, None
-        except ValueError:
-            return None, "failed"
-
-    def compare(self, run_id: str, prompt_id: str) -> dict[str, Any]:
-        """The prompt's runs: this one first, then every other run that has the same prompt id, else the same text."""
-        base_manifest = self.manifest(run_id)
-        _checked("prompt id", prompt_id)
-        text, status = self.prompt_text(run_id, prompt_id)
-        if status is None:
-            raise ApiError(404, f"run {run_id!r} has no result or error for prompt {prompt_id!r}")
-        entries = [_compare_entry(base_manifest, prompt_id, "self", status, same_text=True)]
-        for other_id in sorted(list_run_ids(self.storage)):
-            if other_id == run_id:
-                continue
-            other = self.store(other_id)
-            try:
-                manifest = other.read_manifest()
-            except (TokenLensError, ValueError):
-                continue
-            other_text, other_status = self.prompt_text(other_id, prompt_id)
-            if other_status is not None:
-                same = text is not None and other_text == text
-                entries.append(_compare_entry(manifest, prompt_id, "id", other_status, same_text=same))
-                continue
-            if text is None:
-                continue
-            done = sorted(other.ids("results"))
-            texts = self.prompt_texts(other_id, done)
-            match = next((pid for pid in done if texts.get(pid) == text), None)
-            if match is not None:
-                entries.append(_compare_entry(manifest, match, "text", "done", same_text=True))
-        return {"run_id": run_id, "prompt_id": prompt_id, "prompt": text, "entries": entries}
-
-
-def _summary(manifest: RunManifest, done: set[str], failed: set[str]) -> dict[str, Any]:
-    known = set(manifest.prompt_ids) | done | failed
-    prompt_count = max(manifest.prompt_count, len(known))
-    pending = max(prompt_count - len(done) - len(failed), 0)
-    return {
-        "run_id": manifest.run_id,
-        "model": manifest.model,
-        "method": manifest.method,
-        "engine": manifest.engine,
-        "mode": manifest.mode,
-        "source": manifest.source,
-        "created_at": manifest.created_at,
-        "prompt_count": prompt_count,
-        "done": len(done),
-        "failed": len(failed),
-        "pending": pending,
-        "complete": pending == 0,
-    }
-
-
-def _compare_entry(
-    manifest: RunManifest, prompt_id: str, matched_by: str, status: str, same_text: bool
-) -> dict[str, Any]:
-    return {
-        "run_id": manifest.run_id,
-        "prompt_id": prompt_id,
-        "model": manifest.model,
-        "method": manifest.method,
-        "engine": manifest.engine,
-        "created_at": manifest.created_at,
-        "matched_by": matched_by,
-        "status": status,
-        "same_text": same_text,
-    }
-
-
 # --- endpoints ---------------------------------------------------------------------------------------------
 
 
@@ -348,11 +107,18 @@ def health(request: Request) -> JSONResponse:
 
 def runs(request: Request) -> JSONResponse:
     reader = _reader(request)
-    return _no_store({"results_url": reader.storage.url, "runs": reader.runs()})
+    return _no_store({"results_url": reader.storage.url, "runs": [asdict(run) for run in reader.runs()]})
 
 
 def run_detail(request: Request) -> JSONResponse:
-    return _no_store(_reader(request).run_detail(request.path_params["run_id"]))
+    detail = _reader(request).run_detail(_checked("run id", request.path_params["run_id"]))
+    return _no_store(
+        {
+            "run": asdict(detail.run),
+            "manifest": detail.manifest.model_dump(mode="json"),
+            "prompts": [asdict(prompt) for prompt in detail.prompts],
+        }
+    )
 
 
 def stored_file(request: Request) -> Response:
@@ -378,7 +144,7 @@ def compare(request: Request) -> JSONResponse:
     prompt_id = request.query_params.get("prompt_id", "")
     if not run_id or not prompt_id:
         raise ApiError(400, "compare needs ?run_id=RUN&prompt_id=PROMPT")
-    return _no_store(_reader(request).compare(run_id, prompt_id))
+    return _no_store(asdict(_reader(request).compare(_checked("run id", run_id), _checked("prompt id", prompt_id))))
 
 
 def api_not_found(request: Request) -> JSONResponse:
@@ -495,7 +261,11 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
 
 
 async def _tokenlens_error(request: Request, exc: Exception) -> Response:
-    return _error_response(404 if isinstance(exc, RunNotFoundError) else 400, str(exc))
+    if isinstance(exc, RunNotFoundError | PromptNotInRunError):
+        return _error_response(404, str(exc))
+    if isinstance(exc, RunUnreadableError):
+        return _error_response(500, str(exc))
+    return _error_response(400, str(exc))
 
 
 def create_app(storage: Storage, dist_dir: Path | None = None, allowed_hosts: Iterable[str] | None = None) -> Starlette:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from storage_backends import LocalStorage, Storage, open_storage
+from tokenlens.cli_options import results_option
 from tokenlens.errors import TokenLensError
 from tokenlens.settings import Settings
 
@@ -59,13 +60,7 @@ def check_port_free(host: str, port: int) -> None:
 
 
 @click.command("ui")
-@click.option(
-    "--results",
-    "results_url",
-    default=None,
-    metavar="URL",
-    help="Results to browse: a directory, file:///path or s3://bucket/prefix [env TOKENLENS_RESULTS, else ./results].",
-)
+@results_option()
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535), help="Port.")
 def ui_command(results_url: str | None, host: str, port: int) -> None:

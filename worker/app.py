@@ -37,13 +37,12 @@ back elsewhere after the lease with an attempt charged.
 
 Shutdown: SIGTERM starts Celery's warm shutdown. The running batch finishes the
 engine sub-batch it is in, hands its unstarted prompts back to the queue (no
-attempt charged), is acknowledged, and the worker exits: worker.lease.SHUTDOWN_GRACE_S.
+attempt charged), is acknowledged, and the worker exits: tokenlens.defaults.SHUTDOWN_GRACE_S.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from celery import Celery, signals
@@ -116,7 +115,9 @@ def configure(app: Celery, settings: Settings, model: str | None = None) -> None
         app.conf.task_create_missing_queues = False
 
 
-configure(app, Settings.from_env(), os.environ.get("TOKENLENS_MODEL") or None)
+#: This process's settings, read once at import: `celery -A worker.app worker` configures itself from them.
+ENV_SETTINGS = Settings.from_env()
+configure(app, ENV_SETTINGS, ENV_SETTINGS.worker_model)
 
 
 @signals.worker_init.connect
@@ -126,18 +127,18 @@ def _load_model_before_consuming(**_: Any) -> None:
 
     if runtime.runtime_or_none() is not None:
         return
-    model = os.environ.get("TOKENLENS_MODEL")
-    if not model:
+    settings = ENV_SETTINGS
+    if not settings.worker_model:
         log.error("set TOKENLENS_MODEL (or use `tokenlens worker --model M`): a worker serves exactly one model")
         raise SystemExit(2)
-    port = os.environ.get("TOKENLENS_METRICS_PORT")
     try:
-        runtime.pin_gpu(int(os.environ["TOKENLENS_GPU"]) if os.environ.get("TOKENLENS_GPU") else None)
+        runtime.pin_gpu(settings.worker_gpu)
         runtime.start_runtime(
-            model,
-            device=os.environ.get("TOKENLENS_DEVICE", "auto"),
-            dtype=os.environ.get("TOKENLENS_DTYPE", "float32"),
-            metrics_port=int(port) if port else None,
+            settings.worker_model,
+            device=settings.worker_device,
+            dtype=settings.worker_dtype,
+            settings=settings,
+            metrics_port=settings.metrics_port,
         )
     except Exception as exc:  # the worker must not consume without a model: exit with the reason
         log.error("worker not started: %s", exc)

@@ -12,7 +12,7 @@ import socket
 
 import click
 
-from tokenlens.models import DTYPES
+from tokenlens.cli_options import broker_option, device_option, dtype_option, model_option
 from tokenlens.settings import Settings
 from worker.lease import SHUTDOWN_GRACE_S
 
@@ -28,7 +28,7 @@ that can't load stops the worker before it takes any batch.
 \b
 Stopping: SIGTERM finishes the engine sub-batch in progress, hands the rest of
 the batch back to the queue and exits; allow it {SHUTDOWN_GRACE_S} s before SIGKILL
-(worker.lease.SHUTDOWN_GRACE_S). A killed worker loses no prompt: its batch
+(tokenlens.defaults.SHUTDOWN_GRACE_S). A killed worker loses no prompt: its batch
 comes back after TOKENLENS_LEASE_TIMEOUT seconds.
 
 \b
@@ -39,11 +39,9 @@ Examples:
 
 
 @click.command("worker", help=WORKER_HELP)
-@click.option("--model", "-m", required=True, help="Alias, Hugging Face id, local dir or .gguf (as given to submit).")
+@model_option(required=True, help="Alias, Hugging Face id, local dir or .gguf (as given to submit).")
 @click.option("--gpu", type=int, help="GPU index to use; sets CUDA_VISIBLE_DEVICES=N before torch loads.")
-@click.option(
-    "--broker", "broker_url", help="Redis URL (default: $TOKENLENS_BROKER_URL, else redis://localhost:6379/0)."
-)
+@broker_option()
 @click.option(
     "--concurrency",
     type=int,
@@ -52,8 +50,8 @@ Examples:
     help="Batches at once; TokenLens runs one per process (start one worker per GPU for more).",
 )
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics and /healthz on this port.")
-@click.option("--device", default=None, help="auto|cpu|cuda (default: cuda with --gpu, else auto).")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+@device_option(None, "auto|cpu|cuda (default: cuda with --gpu, else auto).")
+@dtype_option()
 @click.option("--hostname", help="Celery node name (default: tokenlens-<pid>@<host>).")
 @click.option("--loglevel", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 def worker_command(

@@ -1,26 +1,21 @@
-"""How a worker keeps its lease on a batch (LeaseTiming), its batch time limit and its shutdown grace.
+"""How a worker keeps its lease on a batch (`LeaseTiming`), and how long it needs to stop (`SHUTDOWN_GRACE_S`).
 
-Deploy files and docs must agree with these numbers; tests/deploy checks them.
+The lease mechanism itself is described in worker/app.py. Deploy files and docs must agree with
+these numbers; tests/deploy checks them. The values come from `tokenlens.defaults` and
+`tokenlens.settings.Settings`; this module derives the timings kombu needs from them.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-#: Seconds a worker needs after SIGTERM to finish or hand back its current batch and exit.
-#: After SIGTERM the worker finishes the engine sub-batch it is in (at most 8 prompts on the native
-#: engine, 1 on Inseq), hands the rest of its batch back to the queue and exits. Size it above your
-#: slowest sub-batch; if the grace runs out and the worker is killed, nothing is lost: its batch comes
-#: back after the lease (TOKENLENS_LEASE_TIMEOUT). Deploy files give at least this as their stop grace
-#: period (tests/deploy checks it).
-SHUTDOWN_GRACE_S = 120
+from tokenlens.defaults import SHUTDOWN_GRACE_S
+from tokenlens.errors import ConfigError
+
+__all__ = ["MIN_LEASE_TIMEOUT_S", "SHUTDOWN_GRACE_S", "LeaseTiming"]
 
 #: The shortest lease that still leaves room for heartbeats and restore sweeps.
 MIN_LEASE_TIMEOUT_S = 4.0
-#: Default batch time limit (TOKENLENS_BATCH_TIME_LIMIT): past it a batch takes no new sub-batch and
-#: hands the rest back; past twice it the worker is declared hung and exits (see worker/app.py).
-DEFAULT_BATCH_TIME_LIMIT_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -41,8 +36,9 @@ class LeaseTiming:
 
     @classmethod
     def from_lease(cls, lease_timeout_s: float) -> LeaseTiming:
+        """The timings for a lease; `ConfigError` if it is too short to keep."""
         if lease_timeout_s < MIN_LEASE_TIMEOUT_S:
-            raise ValueError(
+            raise ConfigError(
                 f"TOKENLENS_LEASE_TIMEOUT={lease_timeout_s:g} is too short; use at least {MIN_LEASE_TIMEOUT_S:g} s"
             )
         restore_interval_s = max(1.0, min(30.0, lease_timeout_s / 10))
@@ -53,15 +49,3 @@ class LeaseTiming:
             restore_interval_s=restore_interval_s,
             heartbeat_interval_s=visibility_timeout_s / 4,
         )
-
-
-def batch_time_limit_s() -> float:
-    """TOKENLENS_BATCH_TIME_LIMIT in seconds (0 or unset: the default)."""
-    raw = os.environ.get("TOKENLENS_BATCH_TIME_LIMIT", "").strip()
-    if not raw:
-        return DEFAULT_BATCH_TIME_LIMIT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"TOKENLENS_BATCH_TIME_LIMIT={raw!r} must be a number of seconds") from None
-    return value if value > 0 else DEFAULT_BATCH_TIME_LIMIT_S

@@ -18,10 +18,11 @@ from typing import Any
 import redis
 
 from storage_backends import Storage, open_storage
+from tokenlens import defaults
 from tokenlens.errors import TokenLensError
 from tokenlens.queue import connect_broker, queue_name
 from tokenlens.settings import Settings
-from worker.lease import LeaseTiming, batch_time_limit_s
+from worker.lease import LeaseTiming
 from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,8 @@ def current_runtime() -> WorkerRuntime:
 def start_runtime(
     model: str,
     *,
-    device: str = "auto",
-    dtype: str = "float32",
+    device: str = defaults.DEVICE,
+    dtype: str = defaults.DTYPE,
     settings: Settings | None = None,
     metrics_port: int | None = None,
 ) -> WorkerRuntime:
@@ -106,7 +107,7 @@ def start_runtime(
         loaded=loaded,
         settings=settings,
         lease=lease,
-        batch_time_limit_s=batch_time_limit_s(),
+        batch_time_limit_s=settings.batch_time_limit_s,
         broker=broker,
         metrics=metrics,
     )

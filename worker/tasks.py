@@ -25,7 +25,7 @@ from celery import Task
 from celery.exceptions import Reject
 
 from tokenlens.batch import BatchTask, PromptRecord
-from tokenlens.queue import UNACKED_INDEX_KEY, RunQueue, queue_name
+from tokenlens.queue import TASK_NAME, UNACKED_INDEX_KEY, RunQueue, queue_name
 from tokenlens.results import RunStore
 from tokenlens.schema import ErrorRecord
 from worker.app import app
@@ -40,17 +40,12 @@ log = logging.getLogger(__name__)
 HUNG_EXIT_STATUS = 70
 #: Seconds to wait before handing back a batch that failed outside the engine (storage down, ...).
 FAILED_BATCH_BACKOFF_S = 5.0
-#: TEST-ONLY hook, never set in production: comma-separated prompt ids. A worker about to attribute one
-#: of them kills itself with SIGKILL, as a segfault or the kernel's OOM killer would, so integration
-#: tests can check that a prompt which keeps killing workers ends as an error record
-#: (tests/integration/test_poison_prompts.py). Unset, it costs one environment lookup per batch.
-TEST_CRASH_PROMPT_IDS_ENV = "TOKENLENS_TEST_CRASH_PROMPT_IDS"
 
 
-def _crash_if_test_poison(prompts: list[PromptRecord]) -> None:
-    poison = {p for p in os.environ.get(TEST_CRASH_PROMPT_IDS_ENV, "").split(",") if p}
-    if poison & {p.id for p in prompts}:
-        log.critical("%s: killing this worker on a test poison prompt", TEST_CRASH_PROMPT_IDS_ENV)
+def _crash_if_test_poison(rt: WorkerRuntime, prompts: list[PromptRecord]) -> None:
+    """TEST-ONLY (`Settings.test_crash_prompt_ids`, empty in production): die as a segfault would."""
+    if rt.settings.test_crash_prompt_ids & {p.id for p in prompts}:
+        log.critical("killing this worker on a test poison prompt (TOKENLENS_TEST_CRASH_PROMPT_IDS)")
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -122,7 +117,7 @@ class StopCheck:
             return False
 
 
-@app.task(name="tokenlens.attribute_batch", bind=True)
+@app.task(name=TASK_NAME, bind=True)
 def attribute_batch(self: Task, task: dict[str, Any], batch_id: str) -> dict[str, Any]:
     """Attribute one batch of prompts and store the results (see the module docstring).
 
@@ -222,7 +217,7 @@ def _attribute(rt: WorkerRuntime, batch: BatchTask, run_queue: RunQueue) -> tupl
 
     def run(prompts: list[PromptRecord]) -> None:
         attempts = run_queue.charge([p.id for p in prompts])
-        _crash_if_test_poison(prompts)
+        _crash_if_test_poison(rt, prompts)
         report = process_batch(
             rt.loaded,
             batch.model_copy(update={"prompts": prompts}),

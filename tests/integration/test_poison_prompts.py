@@ -16,7 +16,7 @@ from storage_backends import LocalStorage
 from tests.integration.workers import StartWorker, assert_exactly_one_valid_result, submit, wait_until, write_prompts
 from tokenlens.queue import RunKeys
 from tokenlens.results import RunStore
-from worker.tasks import TEST_CRASH_PROMPT_IDS_ENV
+from tokenlens.settings import ENV_VARS
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def test_a_prompt_that_kills_its_worker_ends_as_an_error_after_max_attempts(
     results = tmp_path / "results"
     ids = [f"p{i:03d}" for i in range(6)]
     prompts = write_prompts(tmp_path / "prompts.jsonl", len(ids))
-    env = {TEST_CRASH_PROMPT_IDS_ENV: "p002", "TOKENLENS_MAX_ATTEMPTS": "2", "TOKENLENS_LEASE_TIMEOUT": "5"}
+    env = {ENV_VARS["test_crash_prompt_ids"]: "p002", "TOKENLENS_MAX_ATTEMPTS": "2", "TOKENLENS_LEASE_TIMEOUT": "5"}
     # Restarted whenever it dies, as systemd or Kubernetes would.
     worker = start_worker(tiny_llama_dir, broker_url, env=env, restart_loop=True)
     submit(prompts, tiny_llama_dir, results, broker_url, "crash", "--batch-size", "6", "--max-new-tokens", "4")

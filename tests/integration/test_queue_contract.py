@@ -12,7 +12,6 @@ from celery import Celery
 
 from tokenlens.batch import BatchTask, PromptRecord
 from tokenlens.queue import RUN_HEADER, TASK_NAME, RunKeys, RunQueue, build_message, queue_name
-from worker.lease import LeaseTiming
 
 pytestmark = pytest.mark.integration
 
@@ -99,13 +98,3 @@ def test_queue_names_are_stable_slugs(tmp_path: Path, monkeypatch: pytest.Monkey
     assert queue_name("smollm2-135m-instruct") == "tokenlens.smollm2-135m-instruct"
     long_a, long_b = queue_name("org/" + "x" * 200 + "a"), queue_name("org/" + "x" * 200 + "b")
     assert long_a != long_b and len(long_a) < 100
-
-
-def test_lease_timing_returns_a_lost_batch_within_the_lease() -> None:
-    for lease_s in (4.0, 15.0, 600.0, 7200.0):
-        timing = LeaseTiming.from_lease(lease_s)
-        assert timing.visibility_timeout_s + timing.restore_interval_s == pytest.approx(lease_s)
-        assert timing.heartbeat_interval_s * 3 < timing.visibility_timeout_s
-    assert LeaseTiming.from_lease(600).restore_interval_s == 30
-    with pytest.raises(ValueError, match="TOKENLENS_LEASE_TIMEOUT=2 is too short"):
-        LeaseTiming.from_lease(2)

@@ -9,6 +9,7 @@ import pytest
 from storage_backends import LocalStorage
 from tokenlens.batch import PromptRecord
 from tokenlens.errors import RunNotFoundError, TokenLensError
+from tokenlens.progress import read_progress
 from tokenlens.results import RunStore, list_run_ids
 from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest
 
@@ -38,8 +39,8 @@ def test_layout_create_only_and_counts(tmp_path: Path) -> None:
     assert (tmp_path / "runs/r1/results/a.json").is_file()
     assert (tmp_path / "runs/r1/errors/b.json").is_file()
     assert (tmp_path / "runs/r1/inseq/a.json").is_file()
-    counts = store.counts()
-    assert (counts.prompt_count, counts.done, counts.failed, counts.remaining) == (3, 1, 1, 1)
+    counts = read_progress(store).counts
+    assert (counts.prompt_count, counts.done, counts.failed, counts.pending) == (3, 1, 1, 1)
     assert list(list_run_ids(LocalStorage(tmp_path))) == ["r1"]
 
 

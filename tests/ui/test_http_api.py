@@ -15,8 +15,9 @@ from storage_backends import LocalStorage, Storage, open_storage
 from tests.ui.sample_runs import SamplePrompt, make_result, strongest_input, write_big_result, write_run
 from tokenlens.batch import PromptRecord
 from tokenlens.results import RunStore
+from tokenlens.run_reader import prompt_text_from_result
 from tokenlens.schema import AnalysisResult
-from ui.http_api import create_app, prompt_text_from_result
+from ui.http_api import create_app
 
 PROMPTS = [
     SamplePrompt("p1", "The quick brown fox jumps over the lazy dog"),

@@ -1,0 +1,130 @@
+"""Every click option that more than one command takes, declared once (like rq's ``cli/helpers.py``).
+
+`run`, `submit`, `status`, `cancel`, `fetch`, `runs`, `worker` and `ui` decorate
+themselves with these instead of declaring their own `--results`, `--broker`,
+`--model`, ... so a flag is spelled, typed, defaulted (from `tokenlens.defaults`)
+and documented the same way everywhere. Importing this module imports neither
+torch nor Inseq, so `tokenlens status --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import click
+
+from tokenlens import defaults
+from tokenlens.engine.registry import ENGINES
+from tokenlens.models import DTYPES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+RESULTS_HELP = (
+    "Results: a directory, file:///path or s3://bucket/prefix "
+    f"(default: $TOKENLENS_RESULTS, else {defaults.RESULTS_URL})."
+)
+BROKER_HELP = f"Redis URL (default: $TOKENLENS_BROKER_URL, else {defaults.BROKER_URL})."
+MODEL_HELP = "Alias, Hugging Face id, local dir or .gguf"
+
+#: Method options shared by `run` and `submit`: registry option name -> flag.
+METHOD_OPTION_FLAGS: Mapping[str, str] = {
+    "n_steps": "--n-steps",
+    "attributed_fn": "--attributed-fn",
+    "layers": "--layers",
+    "heads": "--heads",
+    "target_chunk": "--target-chunk",
+}
+
+
+def stack(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
+    """Apply click options so that --help lists them in the order given."""
+
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+def results_option(help: str = RESULTS_HELP) -> Callable[[F], F]:
+    """`--results URL` -> `results_url` (None: `Settings` decides)."""
+    return click.option("--results", "results_url", metavar="URL", default=None, help=help)
+
+
+def broker_option() -> Callable[[F], F]:
+    """`--broker URL` -> `broker_url` (None: `Settings` decides)."""
+    return click.option("--broker", "broker_url", metavar="URL", default=None, help=BROKER_HELP)
+
+
+def model_option(*, required: bool, help: str = f"{MODEL_HELP}.") -> Callable[[F], F]:
+    """`--model/-m`: required for the distributed commands, the bundled model for `run`."""
+    if required:
+        return click.option("--model", "-m", required=True, help=help)
+    return click.option("--model", "-m", default=defaults.MODEL, show_default=True, help=help)
+
+
+def run_id_option(help: str) -> Callable[[F], F]:
+    return click.option("--run-id", help=help)
+
+
+def device_option(default: str | None, help: str) -> Callable[[F], F]:
+    return click.option("--device", default=default, show_default=default is not None, help=help)
+
+
+def dtype_option() -> Callable[[F], F]:
+    return click.option("--dtype", type=click.Choice(DTYPES), default=defaults.DTYPE, show_default=True)
+
+
+def attribution_options(func: F) -> F:
+    """What to attribute and how, shared by `run` and `submit`: method, engine, generation length, chat."""
+    return stack(
+        click.option(
+            "--method", default=defaults.METHOD, show_default=True, help="Attribution method (`tokenlens methods`)."
+        ),
+        click.option(
+            "--engine",
+            type=click.Choice(ENGINES),
+            default=defaults.ENGINE,
+            show_default=True,
+            help="auto: TokenLens's native engine where the method has one, else Inseq. inseq: force Inseq.",
+        ),
+        click.option(
+            "--max-new-tokens",
+            type=int,
+            default=defaults.MAX_NEW_TOKENS,
+            show_default=True,
+            help="Tokens to generate per prompt.",
+        ),
+        click.option(
+            "--chat/--no-chat",
+            default=defaults.CHAT_TEMPLATE,
+            show_default=True,
+            help="Apply the tokenizer's chat template.",
+        ),
+    )(func)
+
+
+def method_options(func: F) -> F:
+    """The method-option flags (validated later against the method)."""
+    return stack(
+        click.option("--n-steps", type=int, help="Integration steps (integrated_gradients and other IG-like methods)."),
+        click.option(
+            "--attributed-fn",
+            type=click.Choice(["probability", "logprob"]),
+            help="What gradient methods differentiate: p or log p of each output token.",
+        ),
+        click.option("--layers", help="Attention layers to use, comma-separated (attention)."),
+        click.option("--heads", help="Attention heads to use, comma-separated (attention)."),
+        click.option(
+            "--target-chunk",
+            type=int,
+            help="Output tokens per backward pass (native gradient methods); halved on out-of-memory.",
+        ),
+    )(func)
+
+
+def method_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The method options given on the command line, by registry name (None where not given)."""
+    return {name: flags.get(name) for name in METHOD_OPTION_FLAGS}

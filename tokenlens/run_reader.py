@@ -1,0 +1,330 @@
+"""Read runs for people: every run's summary, one run's prompts with their status, one prompt across runs.
+
+The UI's HTTP API (ui/http_api.py) serves what this reads; progress is counted by
+`tokenlens.progress`, the same rule `tokenlens status` and `tokenlens runs` use.
+Results are create-only (a stored result is never rewritten), so a prompt's text,
+once read, stays true: `RunReader` remembers it, which makes a run page and a
+comparison cheap after the first visit even on S3.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from storage_backends import NotFoundError, Storage
+from tokenlens.batch import SAFE_ID_HELP, is_safe_id
+from tokenlens.errors import RunNotFoundError, TokenLensError
+from tokenlens.progress import RunProgress, read_progress
+from tokenlens.results import RunStore, list_run_ids
+from tokenlens.schema import ErrorRecord, RunManifest
+
+#: Storage reads in flight at once while building a run's prompt list (S3 round trips dominate).
+READ_WORKERS = 8
+
+
+class RunUnreadableError(TokenLensError):
+    """A run whose run.json exists but can't be read (corrupt, or written by something else)."""
+
+
+class PromptNotInRunError(TokenLensError):
+    """A prompt id that has neither a result nor an error record in the run."""
+
+
+def prompt_text_from_result(raw: bytes) -> str | None:
+    """The ``metadata.prompt`` of a stored TokenLens JSON file, without parsing its (large) matrices.
+
+    Results are written as ``{"metadata":{...},"data":...}``: decoding just the metadata object skips the
+    matrices, which are nearly all of the file. Any other layout falls back to a full parse.
+    """
+    text = raw.decode("utf-8", errors="replace")
+    head = '{"metadata":'
+    metadata: Any = None
+    if text.startswith(head):
+        try:
+            metadata, _end = json.JSONDecoder().raw_decode(text, len(head))
+        except json.JSONDecodeError:
+            metadata = None
+    if metadata is None:
+        try:
+            metadata = json.loads(text).get("metadata")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+    prompt = metadata.get("prompt") if isinstance(metadata, dict) else None
+    return prompt if isinstance(prompt, str) else None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run's manifest essentials and its progress, as storage alone knows it."""
+
+    run_id: str
+    model: str
+    method: str
+    engine: str
+    mode: str
+    source: str | None
+    created_at: str
+    prompt_count: int
+    done: int
+    failed: int
+    corrupt: int
+    pending: int
+    complete: bool
+
+    @classmethod
+    def of(cls, progress: RunProgress) -> RunSummary:
+        manifest, counts = progress.manifest, progress.counts
+        return cls(
+            run_id=manifest.run_id,
+            model=manifest.model,
+            method=manifest.method,
+            engine=manifest.engine,
+            mode=manifest.mode,
+            source=manifest.source,
+            created_at=manifest.created_at,
+            prompt_count=counts.prompt_count,
+            done=counts.done,
+            failed=counts.failed,
+            corrupt=counts.corrupt,
+            pending=counts.pending,
+            complete=counts.complete,
+        )
+
+
+@dataclass(frozen=True)
+class UnreadableRun:
+    """A run listed under the results URL whose run.json can't be read."""
+
+    run_id: str
+    error: str
+
+
+@dataclass(frozen=True)
+class PromptError:
+    """Why a failed prompt failed (from its error record)."""
+
+    error_type: str
+    message: str
+    attempts: int
+    timestamp: str
+
+
+@dataclass(frozen=True)
+class PromptEntry:
+    """One prompt of a run: its status ("done", "failed", "corrupt" or "pending") and text, where known."""
+
+    prompt_id: str
+    prompt: str | None
+    error: PromptError | None
+    status: str
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    """One run: its summary, its manifest and every prompt (the prompt set's order, then anything extra stored)."""
+
+    run: RunSummary
+    manifest: RunManifest
+    prompts: list[PromptEntry]
+
+
+@dataclass(frozen=True)
+class CompareEntry:
+    """The same prompt in one run, and how it was matched ("self", "id" or "text")."""
+
+    run_id: str
+    prompt_id: str
+    model: str
+    method: str
+    engine: str
+    created_at: str
+    matched_by: str
+    status: str
+    same_text: bool
+
+    @classmethod
+    def of(cls, manifest: RunManifest, prompt_id: str, matched_by: str, status: str, same_text: bool) -> CompareEntry:
+        return cls(
+            run_id=manifest.run_id,
+            prompt_id=prompt_id,
+            model=manifest.model,
+            method=manifest.method,
+            engine=manifest.engine,
+            created_at=manifest.created_at,
+            matched_by=matched_by,
+            status=status,
+            same_text=same_text,
+        )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A prompt's runs: the asked-for run first, then every other run with the same prompt id, else text."""
+
+    run_id: str
+    prompt_id: str
+    prompt: str | None
+    entries: list[CompareEntry]
+
+
+def _checked_prompt_id(prompt_id: str) -> str:
+    if not is_safe_id(prompt_id):
+        raise TokenLensError(f"prompt id {prompt_id!r} is not a valid id ({SAFE_ID_HELP})")
+    return prompt_id
+
+
+class RunReader:
+    """Reads the runs under one storage root, remembering the prompt text of each stored result."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._texts: dict[tuple[str, str], str | None] = {}
+        self._prompt_files_read: set[str] = set()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=READ_WORKERS, thread_name_prefix="tokenlens-read")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def store(self, run_id: str) -> RunStore:
+        """The run's store; `TokenLensError` if the id could name a key outside the run."""
+        return RunStore(self.storage, run_id)
+
+    def manifest(self, run_id: str) -> RunManifest:
+        """The run's run.json: `RunNotFoundError` if absent, `RunUnreadableError` if it can't be read."""
+        store = self.store(run_id)
+        try:
+            return store.read_manifest()
+        except RunNotFoundError:
+            raise
+        except ValueError as exc:  # pydantic's ValidationError, a corrupt run.json
+            raise RunUnreadableError(f"run {run_id!r} has an unreadable run.json: {exc}") from None
+
+    def summary(self, run_id: str) -> RunSummary | UnreadableRun:
+        store = self.store(run_id)
+        try:
+            manifest = store.read_manifest()
+        except (TokenLensError, ValueError) as exc:
+            return UnreadableRun(run_id=run_id, error=f"unreadable run.json: {exc}")
+        return RunSummary.of(read_progress(store, manifest))
+
+    def runs(self) -> list[RunSummary | UnreadableRun]:
+        """Every run under the root, newest first (the run a person just started and wants to watch)."""
+        summaries = list(self._pool.map(self.summary, sorted(list_run_ids(self.storage))))
+        summaries.sort(key=lambda s: (getattr(s, "created_at", ""), s.run_id), reverse=True)
+        return summaries
+
+    def prompt_texts(self, run_id: str, prompt_ids: Iterable[str]) -> dict[str, str | None]:
+        """The text of each given prompt: from the run's prompts.jsonl, else from its stored result.
+
+        Read once, then remembered (a run's prompt set and its results never change).
+        """
+        store = self.store(run_id)
+        wanted = list(prompt_ids)
+        with self._lock:
+            known_run = run_id in self._prompt_files_read
+        if not known_run:
+            try:
+                from_file = {pid: record.prompt for pid, record in store.read_prompts().items()}
+            except ValueError:  # an unreadable prompts.jsonl: fall back to the results
+                from_file = {}
+            with self._lock:
+                self._prompt_files_read.add(run_id)
+                self._texts.update({(run_id, pid): text for pid, text in from_file.items()})
+        with self._lock:
+            missing = [pid for pid in wanted if (run_id, pid) not in self._texts]
+
+        def read(prompt_id: str) -> tuple[str, str | None]:
+            try:
+                return prompt_id, prompt_text_from_result(self.storage.get(store.key("results", prompt_id)))
+            except NotFoundError:
+                return prompt_id, None
+
+        for prompt_id, text in self._pool.map(read, missing):
+            if text is not None:
+                with self._lock:
+                    self._texts[(run_id, prompt_id)] = text
+        with self._lock:
+            return {pid: self._texts.get((run_id, pid)) for pid in wanted}
+
+    def errors(self, run_id: str, prompt_ids: Iterable[str]) -> dict[str, ErrorRecord | None]:
+        store = self.store(run_id)
+
+        def read(prompt_id: str) -> tuple[str, ErrorRecord | None]:
+            try:
+                return prompt_id, store.read_error(prompt_id)
+            except NotFoundError:  # cleared by a retry since the listing
+                return prompt_id, None
+            except ValueError as exc:
+                record = ErrorRecord(
+                    run_id=run_id, prompt_id=prompt_id, prompt="", error_type="UnreadableErrorRecord", message=str(exc)
+                )
+                return prompt_id, record
+
+        return dict(self._pool.map(read, list(prompt_ids)))
+
+    def run_detail(self, run_id: str) -> RunDetail:
+        manifest = self.manifest(run_id)
+        progress = read_progress(self.store(run_id), manifest)
+        done, failed = progress.done_ids, progress.failed_ids
+        listed = list(dict.fromkeys(manifest.prompt_ids))
+        texts = self.prompt_texts(run_id, done | set(listed))
+        errors = self.errors(run_id, failed)
+        # Manifest order first (the order of the prompt set), then anything stored that it does not list.
+        extra = sorted((done | failed | progress.corrupt_ids) - set(listed))
+        prompts = []
+        for prompt_id in listed + extra:
+            text, error = texts.get(prompt_id), None
+            record = errors.get(prompt_id)
+            if prompt_id in failed and record is not None:
+                text = text or record.prompt or None
+                error = PromptError(record.error_type, record.message, record.attempts, record.timestamp)
+            prompts.append(PromptEntry(prompt_id, text, error, progress.status_of(prompt_id)))
+        return RunDetail(run=RunSummary.of(progress), manifest=manifest, prompts=prompts)
+
+    def prompt_text(self, run_id: str, prompt_id: str) -> tuple[str | None, str | None]:
+        """(text, status) of one prompt of a run; status None if the run has neither a result nor an error."""
+        store = self.store(run_id)
+        if store.has_result(prompt_id):
+            return self.prompt_texts(run_id, [prompt_id])[prompt_id], "done"
+        try:
+            return store.read_error(prompt_id).prompt or None, "failed"
+        except NotFoundError:
+            return None, None
+        except ValueError:
+            return None, "failed"
+
+    def compare(self, run_id: str, prompt_id: str) -> Comparison:
+        """The prompt's runs: this one first, then every other run that has the same prompt id, else the same text."""
+        base_manifest = self.manifest(run_id)
+        _checked_prompt_id(prompt_id)
+        text, status = self.prompt_text(run_id, prompt_id)
+        if status is None:
+            raise PromptNotInRunError(f"run {run_id!r} has no result or error for prompt {prompt_id!r}")
+        entries = [CompareEntry.of(base_manifest, prompt_id, "self", status, same_text=True)]
+        for other_id in sorted(list_run_ids(self.storage)):
+            if other_id == run_id:
+                continue
+            other = self.store(other_id)
+            try:
+                manifest = other.read_manifest()
+            except (TokenLensError, ValueError):
+                continue
+            other_text, other_status = self.prompt_text(other_id, prompt_id)
+            if other_status is not None:
+                same = text is not None and other_text == text
+                entries.append(CompareEntry.of(manifest, prompt_id, "id", other_status, same_text=same))
+                continue
+            if text is None:
+                continue
+            done = sorted(other.ids("results"))
+            texts = self.prompt_texts(other_id, done)
+            match = next((pid for pid in done if texts.get(pid) == text), None)
+            if match is not None:
+                entries.append(CompareEntry.of(manifest, match, "text", "done", same_text=True))
+        return Comparison(run_id=run_id, prompt_id=prompt_id, prompt=text, entries=entries)
