@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 help:
 	@echo "make demo    set up, then attribute examples/prompts.jsonl with the bundled SmolLM2 model"
 	@echo "make test    set up, then run the whole test suite (unit, integration, browser)"
-	@echo "make lint    ruff + mypy"
+	@echo "make lint    ruff, the import rules between folders (tools/check_imports.py), mypy --strict"
 	@echo "make bench   native engine vs Inseq, side by side (writes bench/results.md)"
 
 $(STAMP): pyproject.toml
@@ -62,6 +62,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/check_imports.py
 	$(BIN)/mypy
 
 bench: $(STAMP)

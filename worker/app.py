@@ -46,7 +46,7 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
-from kombu import Queue
+from kombu.entity import Queue
 
 from tokenlens.queue import queue_name
 from tokenlens.settings import Settings

@@ -37,6 +37,7 @@ OPTIONAL_FILES = {"monitoring.yaml"}
 
 def _worker_container(deployment: dict[str, Any]) -> dict[str, Any]:
     (container,) = [c for c in pod_spec(deployment)["containers"] if c.get("args", [])[:1] == ["worker"]]
+    assert isinstance(container, dict)
     return container
 
 

@@ -25,6 +25,7 @@ from worker.metrics import METRIC_NAMES, WorkerMetrics
 def scrape_job() -> dict[str, Any]:
     (config,) = load_yaml_documents(PROMETHEUS_CONFIG)
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "tokenlens-workers"]
+    assert isinstance(job, dict)
     return job
 
 

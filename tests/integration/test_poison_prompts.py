@@ -26,7 +26,7 @@ def test_a_prompt_longer_than_the_context_becomes_an_error(
 ) -> None:
     results = tmp_path / "results"
     # The tiny model's context is 256 tokens.
-    too_long = {"id": "too-long", "prompt": "many words " * 400}
+    too_long: dict[str, object] = {"id": "too-long", "prompt": "many words " * 400}
     prompts = write_prompts(tmp_path / "prompts.jsonl", 7, extra=[too_long])
     start_worker(tiny_llama_dir, broker_url)
     submit(prompts, tiny_llama_dir, results, broker_url, "poison", "--batch-size", "4", "--max-new-tokens", "4")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -28,7 +30,9 @@ def test_submit_builds_the_message_celery_would_send(broker_url: str) -> None:
     app.conf.update(task_serializer="json", accept_content=["json"])
     app.send_task(TASK_NAME, args=[batch.model_dump(mode="json")], kwargs={"batch_id": "b1"}, queue="celery-made")
     ours = json.loads(build_message(batch, "b1", "ours"))
-    theirs = json.loads(client.lpop("celery-made"))
+    raw = client.lpop("celery-made")
+    assert isinstance(raw, bytes)
+    theirs = json.loads(raw)
 
     assert set(ours) == set(theirs)
     assert set(ours["headers"]) - {RUN_HEADER} == set(theirs["headers"])
@@ -98,3 +102,31 @@ def test_queue_names_are_stable_slugs(tmp_path: Path, monkeypatch: pytest.Monkey
     assert queue_name("smollm2-135m-instruct") == "tokenlens.smollm2-135m-instruct"
     long_a, long_b = queue_name("org/" + "x" * 200 + "a"), queue_name("org/" + "x" * 200 + "b")
     assert long_a != long_b and len(long_a) < 100
+
+
+def test_the_installed_celery_runs_a_task_from_our_message(broker_url: str) -> None:
+    """A real Celery worker (the installed version, in a thread) consumes queue.py's message and runs the task."""
+    from celery.contrib.testing.worker import start_worker
+    from kombu.entity import Queue
+
+    queue = "tokenlens-contract-accept"
+    app = Celery("accept", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], task_queues=[Queue(queue, routing_key=queue)],
+        task_default_queue=queue, worker_hijack_root_logger=False, broker_connection_retry_on_startup=True,
+    )  # fmt: skip
+    received: list[tuple[Any, Any, Any]] = []
+    finished = threading.Event()
+
+    @app.task(name=TASK_NAME, bind=True)
+    def attribute_batch(self: Any, task: dict[str, Any], batch_id: str) -> None:
+        received.append((task, batch_id, self.request.id))
+        finished.set()
+
+    batch = _batch("run-accept", "p1", "p2")
+    redis.Redis.from_url(broker_url).lpush(queue, build_message(batch, "b7", queue))
+    with start_worker(app, pool="solo", perform_ping_check=False, queues=[queue], shutdown_timeout=30):
+        assert finished.wait(30), "the Celery worker never ran the task"
+    ((task, batch_id, task_id),) = received
+    assert BatchTask.model_validate(task) == batch
+    assert (batch_id, task_id) == ("b7", "run-accept:b7")

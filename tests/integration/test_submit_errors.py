@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 def _nothing_queued(broker_url: str) -> bool:
     client = redis.Redis.from_url(broker_url)
-    return [k for k in client.keys("*") if not k.startswith(b"__tokenlens_test")] == []
+    keys = [k.decode() if isinstance(k, bytes) else k for k in client.keys("*")]
+    return [k for k in keys if not k.startswith("__tokenlens_test")] == []
 
 
 @pytest.mark.parametrize(

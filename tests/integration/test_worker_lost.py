@@ -34,6 +34,7 @@ SLOW_BATCH = ("--engine", "inseq", "--max-new-tokens", "32")
 def _batch_in_flight(broker_url: str, run_id: str) -> str:
     ids = redis.Redis.from_url(broker_url).hkeys(RunKeys(run_id).in_flight)
     assert len(ids) == 1, f"expected one batch in flight, got {ids}"
+    assert isinstance(ids[0], bytes)
     return ids[0].decode()
 
 

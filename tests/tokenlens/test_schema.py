@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -11,11 +12,11 @@ from pydantic import ValidationError
 from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest, normalize_rows
 
 
-def token(text: str, token_id: int) -> dict:
+def token(text: str, token_id: int) -> dict[str, Any]:
     return {"token": text, "token_id": token_id, "clean_token": text}
 
 
-def result_dict(matrix: list[list[float]], n_in: int = 2, n_out: int = 2) -> dict:
+def result_dict(matrix: list[list[float]], n_in: int = 2, n_out: int = 2) -> dict[str, Any]:
     return {
         "metadata": {"llm_id": "m", "prompt": "hi there", "attribution_method": "saliency"},
         "data": {

@@ -26,6 +26,7 @@ def test_no_chat_and_forced_target(smollm2) -> None:  # type: ignore[no-untyped-
     record = PromptRecord(id="a", prompt="The quick brown fox", target=" jumps over")
     prompt = prepare_prompt(smollm2, record, chat_template=False, max_new_tokens=50)
     assert prompt.template_mask == [False] * len(prompt.input_ids)
+    assert prompt.target_ids is not None
     assert smollm2.tokenizer.decode(prompt.target_ids) == " jumps over"
     assert prompt.max_new_tokens == len(prompt.target_ids)
 

@@ -78,7 +78,8 @@ def run_native(loaded: LoadedModel, method: str, text: str, reference: InseqRun,
 
 def row_normalised(scores: np.ndarray) -> np.ndarray:
     peaks = np.abs(scores).max(axis=1, keepdims=True)
-    return np.divide(scores, peaks, out=np.zeros_like(scores), where=peaks > 0)
+    normalised: np.ndarray = np.divide(scores, peaks, out=np.zeros_like(scores), where=peaks > 0)
+    return normalised
 
 
 def max_difference(a: np.ndarray, b: np.ndarray) -> float:
