@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from tokenlens import defaults
 from tokenlens.cli_options import (
     attribution_options,
     device_option,
@@ -34,10 +35,25 @@ from tokenlens.spec import RunSpec, new_run_id
 @attribution_options
 @results_option()
 @run_id_option("Name the run; an existing run id is resumed (only prompts without a result run).")
-@click.option("--batch-size", type=int, default=None, help="Prompts attributed together (default: 8 native, 1 Inseq).")
-@device_option("auto", "auto|cpu|cuda|cuda:N")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help=(
+        f"Prompts attributed together (default: {defaults.ENGINE_BATCH_SIZES['native']} native, "
+        f"{defaults.ENGINE_BATCH_SIZES['inseq']} Inseq)."
+    ),
+)
+@device_option(defaults.DEVICE, "auto|cpu|cuda|cuda:N")
 @dtype_option()
-@click.option("--max-attempts", type=int, help="Tries per prompt before it becomes an error record (default 3).")
+@click.option(
+    "--max-attempts",
+    type=int,
+    help=(
+        "Tries per prompt before it becomes an error record "
+        f"(default: $TOKENLENS_MAX_ATTEMPTS, else {defaults.MAX_ATTEMPTS})."
+    ),
+)
 @click.option(
     "--show/--no-show", default=None, help="Print each prompt's strongest sources (default: for <= 10 prompts)."
 )

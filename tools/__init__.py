@@ -1,0 +1,1 @@
+"""Checks `make lint` runs on the repository (the import rules between its folders)."""

@@ -30,7 +30,7 @@ Time limits: the rule "task time limit below the visibility timeout" exists so
 that a live worker never loses its batch; here the heartbeat interval is what
 stays below the visibility timeout, and batches may run longer than the lease.
 Celery does not enforce time limits in the solo pool, so TokenLens enforces
-its own batch limit (TOKENLENS_BATCH_TIME_LIMIT, default 3600 s): past it a
+its own batch limit (TOKENLENS_BATCH_TIME_LIMIT, default tokenlens.defaults.BATCH_TIME_LIMIT_S = 3600 s): past it a
 batch starts no new sub-batch and hands the rest back; past twice it the worker
 is declared hung, stops heartbeating and exits non-zero, so its batch comes
 back elsewhere after the lease with an attempt charged.

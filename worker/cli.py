@@ -12,6 +12,7 @@ import socket
 
 import click
 
+from tokenlens import defaults
 from tokenlens.cli_options import broker_option, device_option, dtype_option, model_option
 from tokenlens.settings import Settings
 from worker.lease import SHUTDOWN_GRACE_S
@@ -91,7 +92,7 @@ def worker_command(
     # Load before consuming: a model that can't load raises here and no batch is ever taken.
     start_runtime(
         model,
-        device=device or ("cuda" if gpu is not None else "auto"),
+        device=device or ("cuda" if gpu is not None else defaults.DEVICE),
         dtype=dtype,
         settings=settings,
         metrics_port=metrics_port,
