@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tokenlens import defaults
+from tokenlens.errors import UnsafeIdError
 
 #: Prompt and run ids become file names in storage: keep them boring.
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -21,6 +22,13 @@ SAFE_ID_HELP = "1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter 
 
 def is_safe_id(value: str) -> bool:
     return bool(SAFE_ID.match(value)) and ".." not in value
+
+
+def check_safe_id(label: str, value: str) -> str:
+    """`value` if it is a safe id, else `UnsafeIdError` naming it as a `label` ("run id", "prompt id")."""
+    if not is_safe_id(value):
+        raise UnsafeIdError(f"{label} {value!r} is not a safe file name ({SAFE_ID_HELP})")
+    return value
 
 
 class PromptRecord(BaseModel):
@@ -38,9 +46,7 @@ class PromptRecord(BaseModel):
     @field_validator("id")
     @classmethod
     def _safe_id(cls, value: str) -> str:
-        if not is_safe_id(value):
-            raise ValueError(f"prompt id {value!r} is not a safe file name ({SAFE_ID_HELP})")
-        return value
+        return check_safe_id("prompt id", value)
 
 
 class BatchTask(BaseModel):
@@ -62,6 +68,4 @@ class BatchTask(BaseModel):
     @field_validator("run_id")
     @classmethod
     def _safe_run_id(cls, value: str) -> str:
-        if not is_safe_id(value):
-            raise ValueError(f"run id {value!r} is not a safe file name ({SAFE_ID_HELP})")
-        return value
+        return check_safe_id("run id", value)

@@ -13,6 +13,10 @@ class ConfigError(TokenLensError):
     """A configuration value (an environment variable or a flag) that can't be used; the message names it."""
 
 
+class UnsafeIdError(TokenLensError, ValueError):
+    """A run or prompt id that could not be used as a file name (and so could escape its run's folder)."""
+
+
 class PromptSetError(TokenLensError):
     """A prompt set that can't be read. The message names the file and line."""
 

@@ -12,18 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from storage_backends import AlreadyExistsError, NotFoundError, Storage
-from tokenlens.batch import SAFE_ID_HELP, PromptRecord, is_safe_id
-from tokenlens.errors import RunNotFoundError, TokenLensError
+from tokenlens.batch import PromptRecord, check_safe_id
+from tokenlens.errors import RunNotFoundError
 from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest
 
 RUNS_PREFIX = "runs/"
 KINDS = ("results", "inseq", "errors")
-
-
-def _checked_id(kind: str, value: str) -> str:
-    if not is_safe_id(value):
-        raise TokenLensError(f"{kind} {value!r} is not a safe file name ({SAFE_ID_HELP})")
-    return value
 
 
 class RunStore:
@@ -31,7 +25,7 @@ class RunStore:
 
     def __init__(self, storage: Storage, run_id: str) -> None:
         self.storage = storage
-        self.run_id = _checked_id("run id", run_id)
+        self.run_id = check_safe_id("run id", run_id)
         self.prefix = f"{RUNS_PREFIX}{run_id}/"
 
     # keys ---------------------------------------------------------------
@@ -41,7 +35,7 @@ class RunStore:
     def key(self, kind: str, prompt_id: str) -> str:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
-        return f"{self.prefix}{kind}/{_checked_id('prompt id', prompt_id)}.json"
+        return f"{self.prefix}{kind}/{check_safe_id('prompt id', prompt_id)}.json"
 
     # manifest -------------------------------------------------------------
     def write_manifest(self, manifest: RunManifest) -> None:

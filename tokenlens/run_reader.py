@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage_backends import NotFoundError, Storage
-from tokenlens.batch import SAFE_ID_HELP, is_safe_id
+from tokenlens.batch import check_safe_id
 from tokenlens.errors import RunNotFoundError, TokenLensError
 from tokenlens.progress import RunProgress, read_progress
 from tokenlens.results import RunStore, list_run_ids
@@ -172,12 +172,6 @@ class Comparison:
     entries: list[CompareEntry]
 
 
-def _checked_prompt_id(prompt_id: str) -> str:
-    if not is_safe_id(prompt_id):
-        raise TokenLensError(f"prompt id {prompt_id!r} is not a valid id ({SAFE_ID_HELP})")
-    return prompt_id
-
-
 class RunReader:
     """Reads the runs under one storage root, remembering the prompt text of each stored result."""
 
@@ -302,7 +296,7 @@ class RunReader:
     def compare(self, run_id: str, prompt_id: str) -> Comparison:
         """The prompt's runs: this one first, then every other run that has the same prompt id, else the same text."""
         base_manifest = self.manifest(run_id)
-        _checked_prompt_id(prompt_id)
+        check_safe_id("prompt id", prompt_id)
         text, status = self.prompt_text(run_id, prompt_id)
         if status is None:
             raise PromptNotInRunError(f"run {run_id!r} has no result or error for prompt {prompt_id!r}")

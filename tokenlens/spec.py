@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tokenlens import defaults
-from tokenlens.batch import SAFE_ID_HELP, BatchTask, PromptRecord, is_safe_id
+from tokenlens.batch import BatchTask, PromptRecord, check_safe_id
 from tokenlens.engine.registry import get_method, resolve_engine, validate_options
 from tokenlens.errors import TokenLensError
 from tokenlens.models import DTYPES, check_model_spec
@@ -63,8 +63,7 @@ class RunSpec:
     resolved_engine: str = field(init=False)
 
     def __post_init__(self) -> None:
-        if not is_safe_id(self.run_id):
-            raise TokenLensError(f"run id {self.run_id!r} is not a safe file name ({SAFE_ID_HELP})")
+        check_safe_id("run id", self.run_id)
         get_method(self.method)
         object.__setattr__(self, "resolved_engine", resolve_engine(self.method, self.engine))
         options = validate_options(self.method, dict(self.method_params))

@@ -3,7 +3,7 @@
 Every read goes through the core's `tokenlens.run_reader.RunReader` (and so `tokenlens.results.RunStore` and
 the counting rule of `tokenlens.progress`), so the UI sees exactly the storage layout the workers write and the
 same done / failed / pending counts as `tokenlens status` and `tokenlens runs`; this module only turns them into
-JSON. Only GET and HEAD are answered. Run and prompt ids are checked with `tokenlens.batch.is_safe_id`, and
+JSON. Only GET and HEAD are answered. Run and prompt ids are checked with `tokenlens.batch.check_safe_id`, and
 request paths with `..`, encoded slashes, backslashes or NUL are refused before routing, so no request can name
 a key outside the results prefix. Responses carry the storage URL (which never holds credentials) and the
 stored files, nothing else about the server.
@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from storage_backends import InvalidKeyError, NotFoundError, Storage, StorageError, StorageUnavailableError
 from tokenlens import __version__
-from tokenlens.batch import SAFE_ID_HELP, is_safe_id
+from tokenlens.batch import check_safe_id
 from tokenlens.errors import RunNotFoundError, TokenLensError
 from tokenlens.results import KINDS
 from tokenlens.run_reader import PromptNotInRunError, RunReader, RunUnreadableError
@@ -81,12 +81,6 @@ def _error_response(status_code: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status_code, headers={"cache-control": "no-store"})
 
 
-def _checked(label: str, value: str) -> str:
-    if not is_safe_id(value):
-        raise ApiError(400, f"{label} {value!r} is not a valid id ({SAFE_ID_HELP})")
-    return value
-
-
 # --- endpoints ---------------------------------------------------------------------------------------------
 
 
@@ -111,7 +105,7 @@ def runs(request: Request) -> JSONResponse:
 
 
 def run_detail(request: Request) -> JSONResponse:
-    detail = _reader(request).run_detail(_checked("run id", request.path_params["run_id"]))
+    detail = _reader(request).run_detail(check_safe_id("run id", request.path_params["run_id"]))
     return _no_store(
         {
             "run": asdict(detail.run),
@@ -122,9 +116,9 @@ def run_detail(request: Request) -> JSONResponse:
 
 
 def stored_file(request: Request) -> Response:
-    run_id = _checked("run id", request.path_params["run_id"])
+    run_id = check_safe_id("run id", request.path_params["run_id"])
     kind = request.path_params["kind"]
-    prompt_id = _checked("prompt id", request.path_params["prompt_id"])
+    prompt_id = check_safe_id("prompt id", request.path_params["prompt_id"])
     if kind not in KINDS:
         raise ApiError(404, f"no such file kind {kind!r}; one of {', '.join(KINDS)}")
     store = _reader(request).store(run_id)
@@ -144,7 +138,9 @@ def compare(request: Request) -> JSONResponse:
     prompt_id = request.query_params.get("prompt_id", "")
     if not run_id or not prompt_id:
         raise ApiError(400, "compare needs ?run_id=RUN&prompt_id=PROMPT")
-    return _no_store(asdict(_reader(request).compare(_checked("run id", run_id), _checked("prompt id", prompt_id))))
+    return _no_store(
+        asdict(_reader(request).compare(check_safe_id("run id", run_id), check_safe_id("prompt id", prompt_id)))
+    )
 
 
 def api_not_found(request: Request) -> JSONResponse:
@@ -180,11 +176,8 @@ class WebApp:
 # --- middleware --------------------------------------------------------------------------------------------
 
 
-class ReadOnlyGuard:
-    """Refuses, before routing, anything but GET/HEAD and any path that could name a key outside the prefix."""
-
-    #: Percent-encodings of '/', '\\' and NUL: a decoded one could smuggle a separator into an id.
-    FORBIDDEN_ENCODINGS = (b"%2f", b"%5c", b"%00")
+class HttpMiddleware:
+    """An ASGI middleware that passes everything but HTTP requests straight through to `app`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -193,6 +186,19 @@ class ReadOnlyGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class ReadOnlyGuard(HttpMiddleware):
+    """Refuses, before routing, anything but GET/HEAD and any path that could name a key outside the prefix."""
+
+    #: Percent-encodings of '/', '\\' and NUL: a decoded one could smuggle a separator into an id.
+    FORBIDDEN_ENCODINGS = (b"%2f", b"%5c", b"%00")
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         problem = self._problem(scope)
         if problem is not None:
             status, message = problem
@@ -217,17 +223,10 @@ class ReadOnlyGuard:
         return None
 
 
-class SecurityHeaders:
+class SecurityHeaders(HttpMiddleware):
     """Adds `SECURITY_HEADERS` to every HTTP response."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))

@@ -95,7 +95,7 @@ export async function getJson<T>(url: string, signal?: AbortSignal): Promise<T> 
   return (await response.json()) as T;
 }
 
-export async function errorMessage(response: Response): Promise<string> {
+async function errorMessage(response: Response): Promise<string> {
   try {
     const body = (await response.json()) as { error?: string };
     if (body && typeof body.error === "string") return body.error;
