@@ -23,7 +23,6 @@ from tokenlens.cli_options import (
     run_id_option,
 )
 from tokenlens.settings import Settings
-from tokenlens.spec import RunSpec, new_run_id
 
 
 @click.command("submit")
@@ -65,6 +64,7 @@ def submit_command(
     """
     from producer.submit import submit_run
     from tokenlens.queue import redact_url
+    from tokenlens.spec import RunSpec, new_run_id
 
     settings = Settings.from_env(results_url=results_url, broker_url=broker_url)
     spec = RunSpec(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,9 +24,10 @@ from tokenlens.cli_options import (
     run_id_option,
 )
 from tokenlens.engine.registry import list_methods
-from tokenlens.schema import AnalysisResult
 from tokenlens.settings import Settings
-from tokenlens.spec import RunSpec, new_run_id
+
+if TYPE_CHECKING:
+    from tokenlens.schema import AnalysisResult
 
 
 @click.command("run")
@@ -89,6 +90,7 @@ def run_command(
     """
     from tokenlens.embedded import run_embedded
     from tokenlens.plan import plan_run
+    from tokenlens.spec import RunSpec, new_run_id
 
     settings = Settings.from_env(results_url=results_url, max_attempts=max_attempts)
     # Everything cheap is validated before the model loads (seconds to minutes).
