@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 from celery import Celery
 
+from tests.integration.workers import REPO_ROOT
 from tokenlens.batch import BatchTask, PromptRecord
 from tokenlens.queue import RUN_HEADER, TASK_NAME, RunKeys, RunQueue, build_message, queue_name
 
@@ -105,28 +106,16 @@ def test_queue_names_are_stable_slugs(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_the_installed_celery_runs_a_task_from_our_message(broker_url: str) -> None:
-    """A real Celery worker (the installed version, in a thread) consumes queue.py's message and runs the task."""
-    from celery.contrib.testing.worker import start_worker
-    from kombu.entity import Queue
-
+    """A real Celery worker (the installed version) consumes queue.py's message and runs the task with its args."""
     queue = "tokenlens-contract-accept"
-    app = Celery("accept", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json", accept_content=["json"], task_queues=[Queue(queue, routing_key=queue)],
-        task_default_queue=queue, worker_hijack_root_logger=False, broker_connection_retry_on_startup=True,
-    )  # fmt: skip
-    received: list[tuple[Any, Any, Any]] = []
-    finished = threading.Event()
-
-    @app.task(name=TASK_NAME, bind=True)
-    def attribute_batch(self: Any, task: dict[str, Any], batch_id: str) -> None:
-        received.append((task, batch_id, self.request.id))
-        finished.set()
-
     batch = _batch("run-accept", "p1", "p2")
     redis.Redis.from_url(broker_url).lpush(queue, build_message(batch, "b7", queue))
-    with start_worker(app, pool="solo", perform_ping_check=False, queues=[queue], shutdown_timeout=30):
-        assert finished.wait(30), "the Celery worker never ran the task"
-    ((task, batch_id, task_id),) = received
-    assert BatchTask.model_validate(task) == batch
-    assert (batch_id, task_id) == ("b7", "run-accept:b7")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.integration.celery_consumer", broker_url, queue],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    received = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert received is not None, f"the Celery worker never ran the task: {proc.stderr[-3000:]}"
+    assert BatchTask.model_validate(received["task"]) == batch
+    assert (received["batch_id"], received["id"]) == ("b7", "run-accept:b7")
