@@ -20,7 +20,16 @@ from tokenlens.schema import RunManifest
 from tokenlens.spec import RunSpec
 
 #: What makes a resumed run the same run (besides its prompt set).
-RESUME_IDENTITY = ("model", "method", "engine", "method_params", "generation_params", "chat_template")
+RESUME_IDENTITY = (
+    "model",
+    "method",
+    "engine",
+    "method_params",
+    "generation_params",
+    "chat_template",
+    "dtype",
+    "result_format",
+)
 
 
 @dataclass(frozen=True)
