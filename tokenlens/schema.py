@@ -151,6 +151,12 @@ class AnalysisResult(BaseModel):
     metadata: AnalysisMetadata
     data: AnalysisData
 
+    @model_validator(mode="after")
+    def _generation_length_known(self) -> AnalysisResult:
+        # The seed's validators require it; where nothing recorded it, the output's length is what was generated.
+        self.metadata.generation_params.setdefault("max_new_tokens", len(self.data.output_tokens))
+        return self
+
     def to_json_bytes(self) -> bytes:
         """The plain JSON result file (`tokenlens.result_codec`'s "json" format)."""
         from tokenlens.result_codec import encode_result

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mimetypes
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -176,7 +177,7 @@ class TokenAnalysisStorage:
     def save_bytes(self, key: str, data: bytes, run_id: str | None = None) -> str:
         """Store an extra file (a PNG) under a run (default the last one); returns its key."""
         full_key = f"{self._run(run_id).prefix}{key}"
-        self.storage.put(full_key, data)
+        self.storage.put(full_key, data, content_type=mimetypes.guess_type(key)[0])
         return full_key
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.seed_validators import SeedAnalysisResult, ui_accepts
 from tokenlens import InseqTokenAnalyzer, ModelManager, TokenAnalysisStorage, TokenAnalyzer
 from tokenlens.errors import TokenLensError
 from tokenlens.results import RunStore
@@ -51,6 +52,11 @@ def test_another_method_on_the_same_storage_gets_its_own_numbers_and_run(manager
     assert manifest_of(tmp_path, second.metadata.run_id).method == "input_x_gradient"
     for result in (first, second):
         assert prompts_of(tmp_path, result.metadata.run_id) == [{"id": result.metadata.prompt_id, "prompt": PROMPT}]
+        # The API's files pass both of the seed project's validators, unchanged.
+        stored = run_dir(tmp_path, result.metadata.run_id) / "results" / f"{result.metadata.prompt_id}.json"
+        document = json.loads(stored.read_bytes())
+        assert ui_accepts(document)
+        SeedAnalysisResult.model_validate(document)
 
     # The same settings again reuse the stored result (not recomputed: the timestamp is the stored one).
     again = saliency(PROMPT)
