@@ -25,7 +25,7 @@ from typing import Any, overload
 
 from storage_backends import Storage, open_storage
 from tokenlens import defaults
-from tokenlens.batch import SAFE_ID_HELP, PromptRecord, is_safe_id
+from tokenlens.batch import PromptRecord, check_safe_id
 from tokenlens.engine.registry import resolve_engine, validate_options
 from tokenlens.errors import TokenLensError
 from tokenlens.models import LoadedModel, load_model
@@ -95,8 +95,8 @@ class TokenAnalysisStorage:
     ):
         if format not in FORMAT_CHOICES:
             raise TokenLensError(f"unsupported storage format {format!r}; use one of {', '.join(FORMAT_CHOICES)}")
-        if run_id is not None and not is_safe_id(run_id):
-            raise TokenLensError(f"run id {run_id!r} is not a safe file name ({SAFE_ID_HELP})")
+        if run_id is not None:
+            check_safe_id("run id", run_id)
         self.base_path = str(base_path)
         self.result_format = format
         self.storage: Storage = open_storage(self.base_path)

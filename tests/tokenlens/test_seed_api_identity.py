@@ -30,7 +30,7 @@ def manifest_of(base: Path, run_id: str | None) -> RunManifest:
     return RunManifest.model_validate_json((run_dir(base, run_id) / "run.json").read_bytes())
 
 
-def prompts_of(base: Path, run_id: str | None) -> list[dict]:
+def prompts_of(base: Path, run_id: str | None) -> list[dict[str, str]]:
     lines = (run_dir(base, run_id) / "prompts.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line]
 
