@@ -25,6 +25,7 @@ normalisation is column-wise min-max, which does not keep a row's zeros at zero.
 from __future__ import annotations
 
 import base64
+import codecs
 import gzip
 import json
 import zlib
@@ -177,9 +178,11 @@ def read_metadata(raw: bytes, source: str = "result") -> dict[str, Any]:
     try:
         if raw[:2] == GZIP_MAGIC:
             inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            # Incremental: a character split between two chunks is decoded whole, never dropped.
+            utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
             text, offset = "", 0
             while offset < len(raw) and not inflater.eof:
-                text += inflater.decompress(raw[offset : offset + 65536]).decode("utf-8", errors="ignore")
+                text += utf8.decode(inflater.decompress(raw[offset : offset + 65536]))
                 offset += 65536
                 metadata = _metadata_from_head(text, head)
                 if metadata is not None:

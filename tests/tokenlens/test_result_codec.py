@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,11 @@ def test_metadata_is_read_without_the_matrices_in_both_formats() -> None:
     for result_format in ("json", "compact"):
         body = encode_result(result, result_format).body
         assert read_metadata(body)["prompt"] == "why?"
+    # A prompt of multi-byte characters, long enough to be split between decompressed chunks, reads whole.
+    rng = random.Random(0)
+    wide = synthetic(3, 2)
+    wide.metadata.prompt = "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(60_000))  # hardly compressible
+    assert read_metadata(encode_result(wide, "compact").body)["prompt"] == wide.metadata.prompt
     pretty = json.dumps(json.loads(encode_result(result, "json").body), indent=2).encode()
     assert read_metadata(pretty)["prompt_id"] == "p1"  # another layout: parsed whole
 
