@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from report_sections import sections  # bench/ is on sys.path when this file runs
 
 HERE = Path(__file__).resolve().parent
 
@@ -320,7 +321,9 @@ def write_report(out_dir: Path, meta: dict[str, Any], reports: list[MethodReport
         " definition) and Inseq p, so its rows are multiplied by p before the comparison.",
         f"- Peak memory of the whole run: {meta['peak_rss_mb']:.0f} MB.",
     ]
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = out_dir / "results.md"
+    kept = sections(report.read_text(encoding="utf-8")) if report.exists() else ""  # other benchmarks' sections
+    report.write_text("\n".join(lines) + "\n" + (f"\n{kept}" if kept else ""), encoding="utf-8")
     payload = {"meta": meta, "methods": [asdict(r) for r in reports], "seed_api": seed}
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 

@@ -47,6 +47,7 @@ def submit_command(
     batch_size: int,
     max_new_tokens: int,
     chat: bool,
+    result_format: str,
     **flags: Any,
 ) -> None:
     """Validate PROMPTS and queue them, in batches, for workers running MODEL.
@@ -70,7 +71,7 @@ def submit_command(
     spec = RunSpec(
         run_id=run_id or new_run_id(method), model=model, results_url=settings.results_url, method=method,
         engine=engine, method_params=method_flags(flags), max_new_tokens=max_new_tokens, chat_template=chat,
-        batch_size=batch_size,
+        batch_size=batch_size, result_format=result_format,
     )  # fmt: skip
     report = submit_run(spec, prompts, broker_url=settings.broker_url)
     verb = "resumed" if report.resumed else "submitted"

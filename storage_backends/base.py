@@ -87,12 +87,25 @@ class Storage(abc.ABC):
     url: str
 
     @abc.abstractmethod
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_absent: bool = False,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+    ) -> None:
         """Store `data` at `key`, replacing what is there.
 
         With ``if_absent=True`` the write only happens if nothing exists at `key`
         yet; otherwise `AlreadyExistsError` is raised and the stored object is
         untouched. Two concurrent create-only writers: exactly one wins.
+
+        `content_type` and `content_encoding` describe the bytes to HTTP clients
+        (``application/json``, ``gzip``) where the backend keeps object metadata
+        (S3); `get` always returns the bytes exactly as stored, never decoded.
+        A backend without object metadata (a directory) ignores them.
         """
 
     @abc.abstractmethod

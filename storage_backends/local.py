@@ -30,7 +30,16 @@ class LocalStorage(Storage):
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_absent: bool = False,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+    ) -> None:
+        # A file keeps no content type or encoding: readers tell a result's format by its first bytes.
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

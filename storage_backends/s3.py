@@ -271,10 +271,22 @@ class S3Storage(Storage):
         return StorageError(f"S3 {action} of {where} failed: {status} {code} {message}".rstrip())
 
     # the Storage contract --------------------------------------------------------
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_absent: bool = False,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+    ) -> None:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full_key(key), "Body": data}
-        if key.endswith(".json"):
+        if content_type is not None:
+            params["ContentType"] = content_type
+        elif key.endswith(".json"):
             params["ContentType"] = "application/json"
+        if content_encoding is not None:
+            params["ContentEncoding"] = content_encoding
         if if_absent:
             # The server refuses the write with 412 if the key exists, atomically. A retried request
             # whose first try did land is refused the same way: the object is there either way.

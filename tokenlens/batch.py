@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tokenlens import defaults
 from tokenlens.errors import UnsafeIdError
+from tokenlens.result_codec import FORMAT_CHOICES
 
 #: Prompt and run ids become file names in storage: keep them boring.
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -63,7 +64,16 @@ class BatchTask(BaseModel):
     max_new_tokens: int = defaults.MAX_NEW_TOKENS
     generation_params: dict[str, Any] = Field(default_factory=dict)
     chat_template: bool = defaults.CHAT_TEMPLATE
+    #: How results are written: "auto", "json" or "compact" (`tokenlens.result_codec`).
+    result_format: str = defaults.RESULT_FORMAT
     prompts: list[PromptRecord]
+
+    @field_validator("result_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in FORMAT_CHOICES:
+            raise ValueError(f"result_format {value!r} is not one of {', '.join(FORMAT_CHOICES)}")
+        return value
 
     @field_validator("run_id")
     @classmethod

@@ -17,6 +17,7 @@ import click
 from tokenlens import defaults
 from tokenlens.engine.registry import ENGINES
 from tokenlens.models import DTYPES
+from tokenlens.result_codec import FORMAT_CHOICES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,7 +79,7 @@ def dtype_option() -> Callable[[F], F]:
 
 
 def attribution_options(func: F) -> F:
-    """What to attribute and how, shared by `run` and `submit`: method, engine, generation length, chat."""
+    """What to attribute and how, shared by `run` and `submit`: method, engine, generation length, chat, format."""
     return stack(
         click.option(
             "--method", default=defaults.METHOD, show_default=True, help="Attribution method (`tokenlens methods`)."
@@ -102,6 +103,17 @@ def attribution_options(func: F) -> F:
             default=defaults.CHAT_TEMPLATE,
             show_default=True,
             help="Apply the tokenizer's chat template.",
+        ),
+        click.option(
+            "--format",
+            "result_format",
+            type=click.Choice(FORMAT_CHOICES),
+            default=defaults.RESULT_FORMAT,
+            show_default=True,
+            help=(
+                "How results are written: json (plain TokenLens JSON), compact (gzip, float16 rows), or auto: "
+                f"compact above {defaults.COMPACT_ABOVE_CELLS:,} matrix cells. Every TokenLens reader opens both."
+            ),
         ),
     )(func)
 

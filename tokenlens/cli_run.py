@@ -69,6 +69,7 @@ def run_command(
     max_new_tokens: int,
     batch_size: int | None,
     chat: bool,
+    result_format: str,
     device: str,
     dtype: str,
     max_attempts: int | None,
@@ -97,7 +98,7 @@ def run_command(
     spec = RunSpec(
         run_id=run_id or new_run_id(method), model=model, results_url=settings.results_url, method=method,
         engine=engine, method_params=method_flags(flags), max_new_tokens=max_new_tokens, chat_template=chat,
-        dtype=dtype, batch_size=batch_size,
+        dtype=dtype, batch_size=batch_size, result_format=result_format,
     )  # fmt: skip
     plan = plan_run(spec, prompts, mode="embedded")
     plan.save_manifest()

@@ -74,3 +74,12 @@ the lease (TOKENLENS_LEASE_TIMEOUT). Deploy files give at least this as their st
 CACHE_SUBDIR: Final = "tokenlens/models"
 """Converted GGUF weights live in ``$XDG_CACHE_HOME/tokenlens/models`` (``~/.cache/...`` without
 XDG_CACHE_HOME) unless TOKENLENS_CACHE_DIR names another directory."""
+
+RESULT_FORMAT: Final = "auto"
+"""How results are written (`--format`): "auto" is plain JSON up to `COMPACT_ABOVE_CELLS` matrix cells and the
+compact format above (see `tokenlens.result_codec`); "json" and "compact" force one."""
+
+COMPACT_ABOVE_CELLS: Final = 100_000
+"""Matrix cells (output tokens x all tokens) above which "auto" writes the compact format: about 200 prompt
+tokens and 256 new tokens, where plain JSON passes 1 MB and compact is 7x smaller. Below it files stay plain
+JSON that seed tools and `jq` read as they are."""

@@ -62,7 +62,8 @@ def visualize(result: AnalysisResult | list[AnalysisResult], storage: Any = None
     for item in results:
         png = heatmap_png(item)
         if storage is not None:
-            keys.append(storage.save_bytes(f"plots/{item.metadata.prompt_id or 'result'}.png", png))
+            name = f"plots/{item.metadata.prompt_id or 'result'}.png"
+            keys.append(storage.save_bytes(name, png, run_id=item.metadata.run_id))
         if show:
             _display_inline(png)
     return keys

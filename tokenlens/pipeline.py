@@ -27,7 +27,6 @@ from tokenlens.schema import (
     AnalysisResult,
     ErrorRecord,
     TokenInfo,
-    normalize_rows,
 )
 from tokenlens.tokenization import prepare_prompt
 
@@ -135,7 +134,8 @@ def clean_scores(scores: np.ndarray, n_in: int) -> list[list[float]]:
     matrix = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     for i in range(matrix.shape[0]):
         matrix[i, n_in + i :] = 0.0
-    return [[float(v) for v in row] for row in matrix]
+    cleaned: list[list[float]] = matrix.tolist()
+    return cleaned
 
 
 def build_result(
@@ -172,7 +172,6 @@ def build_result(
         input_tokens=_token_infos(tokenizer, output.input_ids, input_mask, None),
         output_tokens=_token_infos(tokenizer, output.output_ids, output_mask, output.token_probabilities),
         association_matrix=association,
-        normalized_association=normalize_rows(association),
     )
     return AnalysisResult(metadata=metadata, data=data)
 
@@ -278,7 +277,7 @@ def process_batch(
                 continue
             if outcome.inseq_native_json is not None:
                 store.write_inseq(outcome.prompt_id, outcome.inseq_native_json)
-            if store.write_result(result):
+            if store.write_result(result, task.result_format):
                 report.done.append(outcome.prompt_id)
                 report.tokens_attributed += len(outcome.output_ids)
                 report.results[outcome.prompt_id] = result

@@ -20,7 +20,16 @@ from tokenlens.schema import RunManifest
 from tokenlens.spec import RunSpec
 
 #: What makes a resumed run the same run (besides its prompt set).
-RESUME_IDENTITY = ("model", "method", "engine", "method_params", "generation_params", "chat_template")
+RESUME_IDENTITY = (
+    "model",
+    "method",
+    "engine",
+    "method_params",
+    "generation_params",
+    "chat_template",
+    "dtype",
+    "result_format",
+)
 
 
 @dataclass(frozen=True)
@@ -45,14 +54,22 @@ class RunPlan:
             self.store.write_manifest(self.manifest)
 
 
-def check_resumable(previous: RunManifest, manifest: RunManifest) -> None:
-    """A resumed run must be the same run: same prompts, model, method and settings."""
+def identity_mismatch(previous: RunManifest, manifest: RunManifest) -> str | None:
+    """How `manifest` differs from the existing run's `previous` in what makes a run's numbers; None if it doesn't."""
     for name in RESUME_IDENTITY:
         if getattr(previous, name) != getattr(manifest, name):
-            raise TokenLensError(
-                f"run {manifest.run_id!r} already exists with {name}={getattr(previous, name)!r}, not "
-                f"{getattr(manifest, name)!r}; pass the same settings to resume it, or a new --run-id"
-            )
+            return f"{name}={getattr(previous, name)!r}, not {getattr(manifest, name)!r}"
+    return None
+
+
+def check_resumable(previous: RunManifest, manifest: RunManifest) -> None:
+    """A resumed run must be the same run: same prompts, model, method and settings."""
+    mismatch = identity_mismatch(previous, manifest)
+    if mismatch is not None:
+        raise TokenLensError(
+            f"run {manifest.run_id!r} already exists with {mismatch}; "
+            "pass the same settings to resume it, or a new --run-id"
+        )
     if previous.prompt_ids and previous.prompt_ids != manifest.prompt_ids:
         raise TokenLensError(
             f"run {manifest.run_id!r} already exists with a different prompt set ({previous.prompt_count} prompts); "

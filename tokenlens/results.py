@@ -2,7 +2,7 @@
 
 runs/<run_id>/run.json                   the run (RunManifest)
 runs/<run_id>/prompts.jsonl              the run's prompt set, one PromptRecord a line
-runs/<run_id>/results/<prompt_id>.json   TokenLens JSON (AnalysisResult)
+runs/<run_id>/results/<prompt_id>.json   TokenLens JSON (AnalysisResult), plain or compact (`tokenlens.result_codec`)
 runs/<run_id>/inseq/<prompt_id>.json     Inseq's native output, where Inseq ran
 runs/<run_id>/errors/<prompt_id>.json    a prompt that failed for good (ErrorRecord)
 """
@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from storage_backends import AlreadyExistsError, NotFoundError, Storage
+from tokenlens import defaults
 from tokenlens.batch import PromptRecord, check_safe_id
 from tokenlens.errors import RunNotFoundError
+from tokenlens.result_codec import decode_result, encode_result
 from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest
 
 RUNS_PREFIX = "runs/"
@@ -73,19 +75,28 @@ class RunStore:
         return {record.id: record for record in records}
 
     # results --------------------------------------------------------------
-    def write_result(self, result: AnalysisResult) -> bool:
-        """Create the prompt's result; False if one already exists (it is never overwritten)."""
+    def write_result(self, result: AnalysisResult, result_format: str = defaults.RESULT_FORMAT) -> bool:
+        """Create the prompt's result in `result_format`; False if one already exists (it is never overwritten)."""
         prompt_id = result.metadata.prompt_id
         if prompt_id is None:
             raise ValueError("a stored result needs metadata.prompt_id")
+        encoded = encode_result(result, result_format)
         try:
-            self.storage.put(self.key("results", prompt_id), result.to_json_bytes(), if_absent=True)
+            self.storage.put(
+                self.key("results", prompt_id),
+                encoded.body,
+                if_absent=True,
+                content_type=encoded.content_type,
+                content_encoding=encoded.content_encoding,
+            )
         except AlreadyExistsError:
             return False
         return True
 
     def read_result(self, prompt_id: str) -> AnalysisResult:
-        return AnalysisResult.from_json_bytes(self.storage.get(self.key("results", prompt_id)))
+        """The prompt's result, whatever format or revision it was written in (`ResultFormatError` if unreadable)."""
+        key = self.key("results", prompt_id)
+        return decode_result(self.storage.get(key), source=f"{self.storage.url.rstrip('/')}/{key}")
 
     def has_result(self, prompt_id: str) -> bool:
         return self.storage.exists(self.key("results", prompt_id))

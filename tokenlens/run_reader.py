@@ -9,17 +9,16 @@ comparison cheap after the first visit even on S3.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from storage_backends import NotFoundError, Storage
 from tokenlens.batch import check_safe_id
 from tokenlens.errors import RunNotFoundError, TokenLensError
 from tokenlens.progress import RunProgress, read_progress
+from tokenlens.result_codec import ResultFormatError, read_metadata
 from tokenlens.results import RunStore, list_run_ids
 from tokenlens.schema import ErrorRecord, RunManifest
 
@@ -36,25 +35,11 @@ class PromptNotInRunError(TokenLensError):
 
 
 def prompt_text_from_result(raw: bytes) -> str | None:
-    """The ``metadata.prompt`` of a stored TokenLens JSON file, without parsing its (large) matrices.
-
-    Results are written as ``{"metadata":{...},"data":...}``: decoding just the metadata object skips the
-    matrices, which are nearly all of the file. Any other layout falls back to a full parse.
-    """
-    text = raw.decode("utf-8", errors="replace")
-    head = '{"metadata":'
-    metadata: Any = None
-    if text.startswith(head):
-        try:
-            metadata, _end = json.JSONDecoder().raw_decode(text, len(head))
-        except json.JSONDecodeError:
-            metadata = None
-    if metadata is None:
-        try:
-            metadata = json.loads(text).get("metadata")
-        except (json.JSONDecodeError, AttributeError):
-            return None
-    prompt = metadata.get("prompt") if isinstance(metadata, dict) else None
+    """The ``metadata.prompt`` of a stored result file in any format, without decoding its (large) matrices."""
+    try:
+        prompt = read_metadata(raw).get("prompt")
+    except ResultFormatError:
+        return None
     return prompt if isinstance(prompt, str) else None
 
 

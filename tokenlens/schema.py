@@ -1,22 +1,39 @@
-"""The TokenLens JSON result format (version 2.0), as pydantic models.
+"""The TokenLens JSON result format (revision 2.1), as pydantic models.
 
-Compatible with the seed's files (``metadata`` + ``data`` with tokens and two
-matrices) and extended with run/prompt ids, token probabilities, template
-marks and timings. Validation enforces the contract in ARCHITECTURE.md: the
-matrix shape, zeros at and after each row's diagonal, and finite numbers only.
+Compatible with the seed's files (``metadata`` + ``data`` with tokens and the
+association matrix): a file passes the seed's own validators (``llm_version``,
+a ``version`` the seed accepts), and TokenLens's own revision is
+``metadata.tokenlens_format``. Extended with run/prompt ids, token
+probabilities, template marks and timings. Validation enforces the contract in
+ARCHITECTURE.md: the matrix shape, zeros at and after each row's diagonal, and
+finite numbers only. ``normalized_association`` is computed from the raw scores
+when a file does not hold it (TokenLens files never do: see
+`tokenlens.result_codec`, which turns results into bytes and back).
 """
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokenlens import defaults
 
+#: The seed project's data versions; its validators accept only these in `metadata.version`.
+SEED_VERSIONS = ("1.0.0", "1.0.1", "1.1.0")
+#: The seed version TokenLens files carry: the one with `attribution_method` (what the file's numbers are).
+SEED_VERSION = SEED_VERSIONS[-1]
+#: TokenLens's own revision of the result format (`metadata.tokenlens_format`); 2.0 wrote it as `version`.
+TOKENLENS_FORMAT = "2.1"
+#: The revision of run.json.
 SCHEMA_VERSION = "2.0"
+
+
+def llm_version_of(llm_id: str) -> str:
+    """The seed's short model name: the last part of the model id or path (``Qwen/Qwen2.5-7B`` -> ``Qwen2.5-7B``)."""
+    return llm_id.rstrip("/").rsplit("/", 1)[-1] or llm_id
 
 
 def utc_now_iso() -> str:
@@ -44,10 +61,15 @@ class AnalysisMetadata(BaseModel):
 
     timestamp: str = Field(default_factory=utc_now_iso)
     llm_id: str
+    #: The seed's short model name (its validators require it); derived from `llm_id` when not given.
+    llm_version: str = ""
     prompt: str
     attribution_method: str = defaults.METHOD
     generation_params: dict[str, Any] = Field(default_factory=dict)
-    version: str = SCHEMA_VERSION
+    #: The seed data version the file conforms to (one of `SEED_VERSIONS`).
+    version: str = SEED_VERSION
+    #: TokenLens's format revision; None for a seed file read by TokenLens.
+    tokenlens_format: str | None = TOKENLENS_FORMAT
     run_id: str | None = None
     prompt_id: str | None = None
     #: "native" (TokenLens's own exact engine) or "inseq".
@@ -60,35 +82,67 @@ class AnalysisMetadata(BaseModel):
     device: str | None = None
     dtype: str | None = None
 
+    @model_validator(mode="after")
+    def _short_model_name(self) -> AnalysisMetadata:
+        if not self.llm_version:
+            self.llm_version = llm_version_of(self.llm_id)
+        return self
+
 
 class AnalysisData(BaseModel):
     """Tokens and the association matrices. Row i = output token i."""
 
     input_tokens: list[TokenInfo]
     output_tokens: list[TokenInfo]
+    #: Raw scores, float32 (what files keep): other values are rounded to float32 on construction.
     association_matrix: list[list[float]]
-    normalized_association: list[list[float]]
+    #: Each row over its largest absolute value; computed from `association_matrix` when not given.
+    normalized_association: list[list[float]] = Field(default_factory=list)
+    #: The seed's `AttributionSource`: TokenLens rows hold input (source) and output (target) columns.
+    attribution_source: str = "combined"
+    #: Seed 1.1.0: the shape of the attribution before it was laid out as this matrix.
+    raw_dimensions: list[int] | None = None
 
     @model_validator(mode="after")
     def _check_contract(self) -> AnalysisData:
         n_in, n_out = len(self.input_tokens), len(self.output_tokens)
-        width = n_in + n_out
-        for name in ("association_matrix", "normalized_association"):
-            matrix: list[list[float]] = getattr(self, name)
-            if len(matrix) != n_out:
-                raise ValueError(f"{name} has {len(matrix)} rows, expected one per output token ({n_out})")
-            for i, row in enumerate(matrix):
-                if len(row) != width:
-                    raise ValueError(f"{name} row {i} has {len(row)} columns, expected n_in + n_out = {width}")
-                for j, value in enumerate(row):
-                    if not math.isfinite(value):
-                        raise ValueError(f"{name}[{i}][{j}] is {value}; NaN and Infinity are not allowed")
-                    if j >= n_in + i and value != 0.0:
-                        raise ValueError(
-                            f"{name}[{i}][{j}] = {value} but output token {i} cannot depend on "
-                            f"column {j} (itself or a later token); it must be 0"
-                        )
+        raw = _check_matrix("association_matrix", self.association_matrix, n_in, n_out)
+        if raw is not None:
+            as_float32: list[list[float]] = raw.astype(np.float32).astype(np.float64).tolist()
+            self.association_matrix = as_float32
+        if not self.normalized_association and n_out:
+            self.normalized_association = normalize_rows(self.association_matrix)
+        else:
+            _check_matrix("normalized_association", self.normalized_association, n_in, n_out)
         return self
+
+
+def _check_matrix(name: str, matrix: list[list[float]], n_in: int, n_out: int) -> np.ndarray | None:
+    """The contract: one row per output token, n_in + n_out columns, finite, 0 at and after the diagonal.
+
+    Returns the matrix as an array (None when it has no rows).
+    """
+    width = n_in + n_out
+    if len(matrix) != n_out:
+        raise ValueError(f"{name} has {len(matrix)} rows, expected one per output token ({n_out})")
+    for i, row in enumerate(matrix):
+        if len(row) != width:
+            raise ValueError(f"{name} row {i} has {len(row)} columns, expected n_in + n_out = {width}")
+    if not n_out:
+        return None
+    values = np.asarray(matrix, dtype=np.float64)
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        i, j = (int(k) for k in bad[0])
+        raise ValueError(f"{name}[{i}][{j}] is {values[i, j]}; NaN and Infinity are not allowed")
+    late = np.argwhere(np.triu(values, k=n_in) != 0.0)
+    if len(late):
+        i, j = (int(k) for k in late[0])
+        raise ValueError(
+            f"{name}[{i}][{j}] = {values[i, j]} but output token {i} cannot depend on "
+            f"column {j} (itself or a later token); it must be 0"
+        )
+    return values
 
 
 class AnalysisResult(BaseModel):
@@ -97,12 +151,24 @@ class AnalysisResult(BaseModel):
     metadata: AnalysisMetadata
     data: AnalysisData
 
+    @model_validator(mode="after")
+    def _generation_length_known(self) -> AnalysisResult:
+        # The seed's validators require it; where nothing recorded it, the output's length is what was generated.
+        self.metadata.generation_params.setdefault("max_new_tokens", len(self.data.output_tokens))
+        return self
+
     def to_json_bytes(self) -> bytes:
-        return self.model_dump_json(indent=None).encode("utf-8")
+        """The plain JSON result file (`tokenlens.result_codec`'s "json" format)."""
+        from tokenlens.result_codec import encode_result
+
+        return encode_result(self, "json").body
 
     @classmethod
     def from_json_bytes(cls, raw: bytes | str) -> AnalysisResult:
-        return cls.model_validate_json(raw)
+        """A result file of any format or revision, seed files included (`tokenlens.result_codec.decode_result`)."""
+        from tokenlens.result_codec import decode_result
+
+        return decode_result(raw.encode("utf-8") if isinstance(raw, str) else raw)
 
 
 def normalize_rows(matrix: list[list[float]]) -> list[list[float]]:
@@ -110,10 +176,11 @@ def normalize_rows(matrix: list[list[float]]) -> list[list[float]]:
 
     An all-zero row stays zero (nothing to normalise by).
     """
-    normalized = []
-    for row in matrix:
-        peak = max((abs(v) for v in row), default=0.0)
-        normalized.append([v / peak for v in row] if peak > 0 else [0.0 for _ in row])
+    values = np.asarray(matrix, dtype=np.float64)
+    if values.size == 0:
+        return [[] for _ in matrix]
+    peaks = np.abs(values).max(axis=1, keepdims=True)
+    normalized: list[list[float]] = np.divide(values, peaks, out=np.zeros_like(values), where=peaks > 0).tolist()
     return normalized
 
 
@@ -145,6 +212,8 @@ class RunManifest(BaseModel):
     chat_template: bool = defaults.CHAT_TEMPLATE
     #: The dtype the model computed in; None where the workers' own `--dtype` decided (`submit`).
     dtype: str | None = None
+    #: How the run's results are written: "auto", "json" or "compact" (`tokenlens.result_codec`).
+    result_format: str = defaults.RESULT_FORMAT
     prompt_count: int
     prompt_ids: list[str] = Field(default_factory=list)
     source: str | None = None

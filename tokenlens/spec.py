@@ -23,6 +23,7 @@ from tokenlens.batch import BatchTask, PromptRecord, check_safe_id
 from tokenlens.engine.registry import get_method, resolve_engine, validate_options
 from tokenlens.errors import TokenLensError
 from tokenlens.models import DTYPES, check_model_spec
+from tokenlens.result_codec import check_format
 from tokenlens.schema import RunManifest
 
 
@@ -60,6 +61,8 @@ class RunSpec:
     dtype: str | None = None
     #: Prompts per batch: per queued batch for `submit`, per engine call for `run`; None: the default.
     batch_size: int | None = None
+    #: How results are written: "auto", "json" or "compact" (`tokenlens.result_codec`).
+    result_format: str = defaults.RESULT_FORMAT
     resolved_engine: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +79,7 @@ class RunSpec:
             raise TokenLensError("pass max_new_tokens as its own setting, not inside generation_params")
         if self.batch_size is not None and self.batch_size < 1:
             raise TokenLensError(f"--batch-size {self.batch_size} must be at least 1")
+        check_format(self.result_format)
         if self.dtype is not None and self.dtype not in DTYPES:
             raise TokenLensError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}")
 
@@ -107,6 +111,7 @@ class RunSpec:
             generation_params=self.recorded_generation_params(),
             chat_template=self.chat_template,
             dtype=self.dtype,
+            result_format=self.result_format,
             prompt_count=len(prompt_ids),
             prompt_ids=list(prompt_ids),
             source=source,
@@ -130,6 +135,7 @@ def build_batches(spec: RunSpec, records: Sequence[PromptRecord], size: int) -> 
             max_new_tokens=spec.max_new_tokens,
             generation_params=dict(spec.generation_params),
             chat_template=spec.chat_template,
+            result_format=spec.result_format,
             prompts=list(records[start : start + size]),
         )
         for start in range(0, len(records), size)

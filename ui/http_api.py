@@ -11,7 +11,8 @@ stored files, nothing else about the server.
     GET /api/health                                  the results URL being served
     GET /api/runs                                    every run: manifest summary and done/failed/pending counts
     GET /api/runs/{run_id}                           one run: manifest, counts, every prompt with its status
-    GET /api/runs/{run_id}/{kind}/{prompt_id}        a stored file as-is (kind: results, inseq, errors)
+    GET /api/runs/{run_id}/{kind}/{prompt_id}        a stored file (kind: results, inseq, errors); a result in any
+                                                     format or revision (compact, seed files) as plain TokenLens JSON
     GET /api/compare?run_id=R&prompt_id=P            the same prompt in other runs (by prompt id, else by text)
 """
 
@@ -37,6 +38,7 @@ from storage_backends import InvalidKeyError, NotFoundError, Storage, StorageErr
 from tokenlens import __version__
 from tokenlens.batch import check_safe_id
 from tokenlens.errors import RunNotFoundError, TokenLensError
+from tokenlens.result_codec import ResultFormatError, as_plain_json
 from tokenlens.results import KINDS
 from tokenlens.run_reader import PromptNotInRunError, RunReader, RunUnreadableError
 
@@ -122,10 +124,17 @@ def stored_file(request: Request) -> Response:
     if kind not in KINDS:
         raise ApiError(404, f"no such file kind {kind!r}; one of {', '.join(KINDS)}")
     store = _reader(request).store(run_id)
+    key = store.key(kind, prompt_id)
     try:
-        body = store.storage.get(store.key(kind, prompt_id))
+        body = store.storage.get(key)
     except NotFoundError:
         raise ApiError(404, f"run {run_id!r} has no {kind} file for prompt {prompt_id!r}") from None
+    if kind == "results":
+        # The web app and a download get one layout, whatever the file was written as (the core decodes it).
+        try:
+            body = as_plain_json(body, source=key)
+        except ResultFormatError as exc:
+            raise ApiError(500, str(exc)) from None
     # A stored result is never rewritten; inseq and error files can be (a redelivered batch, a retry).
     headers = {"cache-control": "private, max-age=300" if kind == "results" else "no-store"}
     if request.query_params.get("download"):

@@ -45,6 +45,8 @@ def test_two_models_two_queues(
         "3",
         "--max-new-tokens",
         "4",
+        "--format",
+        "compact",
     )
     client = redis.Redis.from_url(broker_url)
     llama_queue, gpt2_queue = queue_name(str(tiny_llama_dir)), queue_name(str(tiny_gpt2_dir))
@@ -67,3 +69,7 @@ def test_two_models_two_queues(
     # Each result was made by its own model.
     assert llama_store.read_result("l000").metadata.llm_id == str(tiny_llama_dir)
     assert gpt2_store.read_result("g000").metadata.llm_id == str(tiny_gpt2_dir)
+    # `submit --format compact` travels in the batch message: the worker wrote gzip files, plain JSON otherwise.
+    assert LocalStorage(results).get("runs/run-gpt2/results/g000.json")[:2] == b"\x1f\x8b"
+    assert LocalStorage(results).get("runs/run-llama/results/l000.json")[:1] == b"{"
+    assert gpt2_store.read_manifest().result_format == "compact"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.seed_validators import SeedAnalysisResult, ui_accepts
 from tokenlens.queue import RunKeys
 from tokenlens.results import RunStore
 from tokenlens.schema import AnalysisResult
@@ -206,13 +207,21 @@ def finished_count(store: RunStore) -> int:
 
 
 def assert_exactly_one_valid_result(store: RunStore, prompt_ids: list[str]) -> None:
-    """Every prompt has one result file that parses as TokenLens JSON for this run and prompt, and no other file."""
+    """Every prompt has one result file that parses as TokenLens JSON for this run and prompt, and no other file.
+
+    Plain JSON results must also pass both of the seed project's validators, unchanged.
+    """
     results_dir = Path(store.storage.url) / store.prefix / "results"
     # A worker killed mid-write may leave a hidden temp file; only the .json files are results.
     files = sorted(p.name for p in results_dir.iterdir() if not p.name.startswith("."))
     assert files == sorted(f"{pid}.json" for pid in prompt_ids), "result files are not exactly one per prompt"
     for pid in prompt_ids:
-        result = AnalysisResult.from_json_bytes((results_dir / f"{pid}.json").read_bytes())
+        raw = (results_dir / f"{pid}.json").read_bytes()
+        result = AnalysisResult.from_json_bytes(raw)
+        if raw[:1] == b"{":
+            document = json.loads(raw)
+            assert ui_accepts(document), f"the seed UI's validator refuses {pid}.json"
+            SeedAnalysisResult.model_validate(document)
         assert result.metadata.run_id == store.run_id
         assert result.metadata.prompt_id == pid
         assert len(result.data.output_tokens) >= 1

@@ -14,6 +14,7 @@ from storage_backends.s3 import S3Storage
 from tests.fixtures.seaweedfs import WeedServer, apply_s3_env, free_ports
 from tokenlens.cli import main
 from tokenlens.errors import RunNotFoundError, TokenLensError
+from tokenlens.result_codec import decode_result
 from tokenlens.results import RunStore
 from tokenlens.schema import AnalysisData, AnalysisMetadata, AnalysisResult, ErrorRecord, RunManifest, TokenInfo
 
@@ -268,6 +269,26 @@ def test_fetch_and_runs_from_s3(s3_results_url: str, tmp_path: Path, capsys: pyt
 
     code, _, err = run_cli(["fetch", "missing-run", "--results", s3_results_url, "--dest", str(dest)], capsys)
     assert code == 2 and "run 'missing-run' not found" in err
+
+
+@pytest.mark.integration
+def test_compact_results_fetched_from_s3_stay_compact_and_read_back(
+    s3_results_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = open_storage(s3_results_url)
+    store = RunStore(storage, "packed")
+    store.write_manifest(RunManifest(run_id="packed", model="tiny", method="saliency", prompt_count=2))
+    for prompt_id in ("a", "b"):
+        assert store.write_result(make_result("packed", prompt_id), "compact")
+    dest = tmp_path / "dest"
+    args = ["fetch", "packed", "--results", s3_results_url, "--dest", str(dest)]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0 and "3 downloaded" in out
+    fetched = (dest / "packed/results/a.json").read_bytes()
+    assert fetched == storage.get("runs/packed/results/a.json") and fetched[:2] == b"\x1f\x8b"
+    assert decode_result(fetched).data.output_tokens == make_result("packed", "a").data.output_tokens
+    code, out, _ = run_cli(args, capsys)  # the object's ETag is the MD5 of the gzip bytes: nothing to fetch again
+    assert code == 0 and "0 downloaded" in out and "3 already there" in out
 
 
 @pytest.mark.integration

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import threading
@@ -20,6 +21,7 @@ from storage_backends import (
     Storage,
     open_storage,
 )
+from storage_backends.base import md5_hex
 
 BAD_KEYS = [
     "../escape.json",
@@ -50,6 +52,18 @@ def test_round_trip_and_overwrite(storage: Storage) -> None:
     assert storage.get("runs/r1/results/p1.json") == b"second"
     storage.put("runs/r1/empty.json", b"")
     assert storage.get("runs/r1/empty.json") == b""
+
+
+def test_content_type_and_encoding_never_change_the_bytes(storage: Storage) -> None:
+    # A gzip body stored with Content-Encoding: gzip comes back as the same gzip bytes, not decoded.
+    body = gzip.compress(b'{"metadata":{}}', mtime=0)
+    storage.put("runs/r1/results/c.json", body, content_type="application/json", content_encoding="gzip")
+    assert storage.get("runs/r1/results/c.json") == body
+    assert storage.md5("runs/r1/results/c.json") == md5_hex(body)
+    storage.put("runs/r1/results/d.json", b"{}", if_absent=True, content_type="application/json")
+    with pytest.raises(AlreadyExistsError):
+        storage.put("runs/r1/results/d.json", body, if_absent=True, content_encoding="gzip")
+    assert storage.get("runs/r1/results/d.json") == b"{}"
 
 
 def test_missing_key_is_not_found(storage: Storage) -> None:

@@ -76,6 +76,24 @@ def test_listing_paginates_past_1000_keys(s3_results_url: str) -> None:
 
 
 @pytest.mark.integration
+def test_objects_carry_their_content_type_and_encoding(s3_results_url: str) -> None:
+    import gzip
+
+    storage = S3Storage.from_url(s3_results_url)
+    body = gzip.compress(b'{"metadata":{},"data":{}}', mtime=0)
+    storage.put("runs/r/results/p.json", body, if_absent=True, content_type="application/json", content_encoding="gzip")
+    storage.put("runs/r/results/q.json", b"{}")
+    storage.put("runs/r/plots/p.png", b"\x89PNG", content_type="image/png")
+    head = storage.client.head_object(Bucket=storage.bucket, Key=f"{storage.prefix}runs/r/results/p.json")
+    assert (head["ContentType"], head.get("ContentEncoding")) == ("application/json", "gzip")
+    plain = storage.client.head_object(Bucket=storage.bucket, Key=f"{storage.prefix}runs/r/results/q.json")
+    assert plain["ContentType"] == "application/json" and not plain.get("ContentEncoding")
+    png = storage.client.head_object(Bucket=storage.bucket, Key=f"{storage.prefix}runs/r/plots/p.png")
+    assert png["ContentType"] == "image/png"
+    assert storage.get("runs/r/results/p.json") == body  # stored bytes, never decoded on the way back
+
+
+@pytest.mark.integration
 def test_the_standard_endpoint_variables_are_honoured(s3_results_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # AWS_ENDPOINT_URL_S3 wins over AWS_ENDPOINT_URL (the AWS SDK rule): a dead global endpoint is ignored.
     good = S3Storage.from_url(s3_results_url)

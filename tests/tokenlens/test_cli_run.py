@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.seed_validators import SeedAnalysisResult, ui_accepts
+from tokenlens.result_codec import decode_result
 from tokenlens.schema import AnalysisResult, RunManifest
 
 
@@ -55,6 +57,12 @@ def test_run_on_smollm2_writes_the_layout_and_prints_attributions(tmp_path: Path
     assert 1 <= len(capital.data.output_tokens) <= 6
     assert capital.metadata.engine == "native" and capital.metadata.run_id == "r1"
 
+    # Real output passes both of the seed project's validators, unchanged.
+    for name in ("forced", "capital"):
+        document = json.loads((results / f"runs/r1/results/{name}.json").read_bytes())
+        assert ui_accepts(document), name
+        SeedAnalysisResult.model_validate(document)
+
     again = tokenlens("run", str(prompts), "--results", str(results), "--run-id", "r1", "--max-new-tokens", "6")
     assert again.returncode == 0 and "0 done, 2 already done" in again.stdout
 
@@ -67,12 +75,15 @@ def test_run_with_a_failing_prompt_exits_1_and_keeps_the_rest(tiny_llama_dir: Pa
     results = tmp_path / "results"
     done = tokenlens(
         "run", str(prompts), "--model", str(tiny_llama_dir), "--results", str(results), "--run-id", "r2",
-        "--max-new-tokens", "3", "--method", "input_x_gradient",
+        "--max-new-tokens", "3", "--method", "input_x_gradient", "--format", "compact",
     )  # fmt: skip
     assert done.returncode == 1
     assert "1 done" in done.stdout and "1 failed" in done.stdout
     assert "failed huge: PromptTooLongError" in done.stderr
-    assert (results / "runs/r2/results/ok.json").is_file()
+    stored = (results / "runs/r2/results/ok.json").read_bytes()
+    assert stored[:2] == b"\x1f\x8b"  # --format compact: gzip
+    assert decode_result(stored).metadata.attribution_method == "input_x_gradient"
+    assert RunManifest.model_validate_json((results / "runs/r2/run.json").read_bytes()).result_format == "compact"
     kept = [json.loads(line) for line in (results / "runs/r2/prompts.jsonl").read_text().splitlines()]
     assert [p["id"] for p in kept] == ["ok", "huge"]
     assert json.loads((results / "runs/r2/errors/huge.json").read_text())["error_type"] == "PromptTooLongError"

@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -35,8 +36,14 @@ def test_valid_result_round_trips_through_json() -> None:
     result = AnalysisResult.model_validate(result_dict(GOOD))
     again = AnalysisResult.from_json_bytes(result.to_json_bytes())
     assert again == result
-    assert again.metadata.version == "2.0"
+    assert again.metadata.version == "1.1.0" and again.metadata.tokenlens_format == "2.1"
+    assert again.metadata.llm_version == "m"
     assert again.data.normalized_association[0] == [0.5, -1.0, 0.0, 0.0]
+
+
+def test_raw_scores_are_float32_in_memory_as_in_files() -> None:
+    result = AnalysisResult.model_validate(result_dict(GOOD))
+    assert result.data.association_matrix[1][0] == float(np.float32(0.2)) != 0.2
 
 
 def test_normalized_rows_peak_at_one_in_absolute_value() -> None:
@@ -79,9 +86,11 @@ def test_seed_format_file_without_extensions_loads() -> None:
             "normalized_association": [[1.0, 0.0]],
         },
     }
-    result = AnalysisResult.model_validate_json(json.dumps(seed))
+    result = AnalysisResult.from_json_bytes(json.dumps(seed))
     assert result.data.input_tokens[0].is_template is False
-    assert result.metadata.attribution_method == "saliency"
+    # A seed 1.0.x file names no method: TokenLens says so rather than guess one.
+    assert result.metadata.attribution_method == "unknown"
+    assert result.metadata.llm_version == "x" and result.metadata.tokenlens_format is None
 
 
 def test_extra_metadata_survives_and_json_has_no_nan() -> None:

@@ -33,7 +33,8 @@ def test_seed_flow_analyze_store_and_visualize(manager, tmp_path: Path) -> None:
     assert 1 <= len(dumped["data"]["output_tokens"]) <= 5
     stored = storage.load(result.metadata.prompt_id or "")
     assert stored.data.association_matrix == result.data.association_matrix
-    assert (tmp_path / "output/runs/notebook/run.json").is_file()
+    assert (tmp_path / f"output/runs/{result.metadata.run_id}/run.json").is_file()
+    assert (result.metadata.run_id or "").startswith("notebook-saliency-")
 
     batch = analyze(["Hello!", "What is the capital of France?"])
     assert isinstance(batch, list) and len(batch) == 2
@@ -50,7 +51,7 @@ def test_inseq_analyzer_stores_native_file(manager, tmp_path: Path) -> None:  # 
     analyzer = InseqTokenAnalyzer(manager, attribution_method="attention", generation_params={"max_new_tokens": 3})
     result = analyzer.create_analysis_pipeline(storage)("Paris is")
     assert result.metadata.engine == "inseq" and result.metadata.attribution_method == "attention"
-    native_path = tmp_path / "out/runs/notebook/inseq" / f"{result.metadata.prompt_id}.json"
+    native_path = tmp_path / f"out/runs/{result.metadata.run_id}/inseq/{result.metadata.prompt_id}.json"
     converted = InseqTokenAnalyzer.convert_native_to_analysis_result(
         native_path, "Paris is", tokenizer=manager.tokenizer
     )

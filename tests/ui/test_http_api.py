@@ -8,10 +8,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
 from storage_backends import LocalStorage, Storage, open_storage
+from tests.seed_validators import SeedAnalysisResult, ui_accepts
 from tests.ui.sample_runs import SamplePrompt, make_result, strongest_input, write_big_result, write_run
 from tokenlens.batch import PromptRecord
 from tokenlens.results import RunStore
@@ -166,6 +168,36 @@ def test_gzip_body_round_trips_through_a_real_decompressor(tmp_path: Path) -> No
     ):
         raw = b"".join(response.iter_raw())
     assert gzip.decompress(raw) == storage.get("runs/big/results/long.json")
+
+
+def test_compact_results_and_seed_files_are_served_as_plain_tokenlens_json(
+    client: TestClient, populated: Storage
+) -> None:
+    store = RunStore(populated, "run-live")
+    compact = make_result("run-live", "p3", PROMPTS[2].prompt)
+    store.write_result(compact, "compact")
+    assert populated.get(store.key("results", "p3"))[:2] == b"\x1f\x8b"
+    # A seed project's file dropped into a run shows with its own method, in TokenLens's layout.
+    seed = (Path(__file__).parents[1] / "fixtures/seed_files/v1_1_0_inseq_target.json").read_bytes()
+    populated.put(store.key("results", "p4"), seed)
+    served = client.get("/api/runs/run-live/results/p3?download=1")
+    assert served.status_code == 200 and served.headers["content-type"] == "application/json"
+    document = served.json()
+    assert ui_accepts(document) and SeedAnalysisResult.model_validate(document)
+    np.testing.assert_allclose(
+        document["data"]["association_matrix"], compact.data.association_matrix, atol=2.5e-4 * 15, rtol=0
+    )
+    from_seed = client.get("/api/runs/run-live/results/p4").json()
+    assert from_seed["metadata"]["attribution_method"] == "integrated_gradients"
+    assert [t["clean_token"] for t in from_seed["data"]["output_tokens"]] == ["the", "capital"]
+    assert ui_accepts(from_seed)
+
+
+def test_an_unreadable_result_is_a_500_naming_the_file(client: TestClient, populated: Storage) -> None:
+    populated.put("runs/run-live/results/p2.json", b"\x1f\x8b not really gzip")
+    response = client.get("/api/runs/run-live/results/p2")
+    assert response.status_code == 500
+    assert "runs/run-live/results/p2.json: not a TokenLens result file" in response.json()["error"]
 
 
 def test_download_sets_an_attachment_file_name(client: TestClient) -> None:

@@ -12,7 +12,7 @@ interface Token {
 }
 interface ResultFile {
   metadata: { prompt: string; attribution_method: string; llm_id: string };
-  data: { input_tokens: Token[]; output_tokens: Token[]; normalized_association: number[][]; association_matrix: number[][] };
+  data: { input_tokens: Token[]; output_tokens: Token[]; association_matrix: number[][] };
 }
 
 const resultsDir = process.env.TOKENLENS_E2E_RESULTS ?? "";
@@ -43,10 +43,11 @@ async function firstDonePrompt(page: Page, runId: string): Promise<string> {
 
 /**
  * What the page should show for output `row` with template tokens hidden (the default): the strength of each
- * visible input token, |normalized| over the largest |normalized| among the row's visible sources.
+ * visible input token, |score| over the largest |score| among the row's visible sources (the same as with the
+ * normalised row, which is the raw row over one number; files store only the raw scores).
  */
 function expectedInputStrengths(file: ResultFile, row: number): Map<number, number> {
-  const { input_tokens: inputs, output_tokens: outputs, normalized_association: matrix } = file.data;
+  const { input_tokens: inputs, output_tokens: outputs, association_matrix: matrix } = file.data;
   const nIn = inputs.length;
   const visible = (column: number) =>
     column < nIn + row && !(column < nIn ? inputs[column] : outputs[column - nIn]).is_template;
@@ -205,7 +206,7 @@ test("compare shows both runs side by side with one shared selection", async ({ 
     // Each panel ranks first the strongest source in its own file (input or earlier output, template hidden).
     const file = files[k];
     const nIn = file.data.input_tokens.length;
-    const values = file.data.normalized_association[row];
+    const values = file.data.association_matrix[row]; // the same ranking as the normalised row
     let best = -1;
     values.forEach((value, column) => {
       const token = column < nIn ? file.data.input_tokens[column] : file.data.output_tokens[column - nIn];

@@ -1,5 +1,5 @@
 // Small TokenLens files for component tests, built to the real contract: row i = output i, columns = inputs
-// then outputs, zero from column nIn + i on, normalized = row / max |row|.
+// then outputs, zero from column nIn + i on; no normalized_association (the API serves none: it is computed).
 import type { ResultFile, TokenInfo } from "./lib/attribution";
 
 const tok = (text: string, id: number, extra: Partial<TokenInfo> = {}): TokenInfo => ({
@@ -8,13 +8,6 @@ const tok = (text: string, id: number, extra: Partial<TokenInfo> = {}): TokenInf
   clean_token: text,
   ...extra,
 });
-
-export function normalizeRows(rows: number[][]): number[][] {
-  return rows.map((row) => {
-    const peak = Math.max(...row.map(Math.abs));
-    return peak > 0 ? row.map((v) => v / peak) : row.map(() => 0);
-  });
-}
 
 /**
  * Inputs: <s> (template) "The" " cat" " sat" "\n" (template). Outputs: " on" " the" " mat".
@@ -44,7 +37,7 @@ export function catResult(): ResultFile {
       prompt_id: "p1",
       engine: "native",
     },
-    data: { input_tokens: inputs, output_tokens: outputs, association_matrix: raw, normalized_association: normalizeRows(raw) },
+    data: { input_tokens: inputs, output_tokens: outputs, association_matrix: raw },
   };
 }
 

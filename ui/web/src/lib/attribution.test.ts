@@ -3,6 +3,7 @@ import { catResult } from "../testFixtures";
 import {
   displayToken,
   formatValue,
+  normalizeRows,
   ResultFormatError,
   strengthMatrix,
   toAttribution,
@@ -28,8 +29,17 @@ describe("toAttribution", () => {
     expect(() => toAttribution(file)).toThrow(ResultFormatError);
     expect(() => toAttribution(file)).toThrow(/association_matrix row 1 must have nIn \+ nOut = 8/);
     const missing = catResult();
-    missing.data.normalized_association.pop();
-    expect(() => toAttribution(missing)).toThrow(/one row per output token \(3\)/);
+    missing.data.association_matrix.pop();
+    expect(() => toAttribution(missing)).toThrow(/association_matrix must have one row per output token \(3\)/);
+  });
+
+  it("computes normalized rows from the raw scores, ignoring a stored normalisation of another kind", () => {
+    const file = catResult();
+    // A seed file's own normalisation is column-wise min-max: the UI shows TokenLens's row rule for every file.
+    file.data.normalized_association = file.data.association_matrix.map((row) => row.map(() => 0.5));
+    const att = toAttribution(file);
+    expect(Array.from(att.normalized.subarray(8, 16))).toEqual([0.2 / 3, 0.5 / 3, 1 / 3, -1, 0.1 / 3, 2 / 3, 0, 0]);
+    expect(Array.from(normalizeRows(new Float64Array([0, 0, 2, -4]), 2))).toEqual([0, 0, 0.5, -1]);
   });
 });
 

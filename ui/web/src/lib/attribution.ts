@@ -28,14 +28,15 @@ export interface ResultMetadata {
   [extra: string]: unknown;
 }
 
-/** The TokenLens JSON file as stored. */
+/** A TokenLens JSON file as the API serves it (every stored format and seed file arrives in this layout). */
 export interface ResultFile {
   metadata: ResultMetadata;
   data: {
     input_tokens: TokenInfo[];
     output_tokens: TokenInfo[];
     association_matrix: number[][];
-    normalized_association: number[][];
+    /** Not in TokenLens files (it is computed on read); older files and seed files may carry it. */
+    normalized_association?: number[][];
   };
 }
 
@@ -78,7 +79,7 @@ export function toAttribution(file: ResultFile): Attribution {
   const nIn = inputTokens.length;
   const nOut = outputTokens.length;
   const width = nIn + nOut;
-  const flatten = (name: "association_matrix" | "normalized_association"): Float64Array => {
+  const flatten = (name: "association_matrix"): Float64Array => {
     const rows = file.data[name];
     if (!Array.isArray(rows) || rows.length !== nOut) {
       throw new ResultFormatError(`data.${name} must have one row per output token (${nOut})`);
@@ -92,6 +93,7 @@ export function toAttribution(file: ResultFile): Attribution {
     });
     return flat;
   };
+  const raw = flatten("association_matrix");
   return {
     metadata: file.metadata,
     inputTokens,
@@ -99,9 +101,22 @@ export function toAttribution(file: ResultFile): Attribution {
     nIn,
     nOut,
     width,
-    raw: flatten("association_matrix"),
-    normalized: flatten("normalized_association"),
+    raw,
+    // One rule for every file (as in tokenlens/schema.py): each row over its largest absolute value.
+    normalized: normalizeRows(raw, width),
   };
+}
+
+/** Each row of a row-major matrix divided by its largest absolute value (an all-zero row stays zero). */
+export function normalizeRows(values: Float64Array, width: number): Float64Array {
+  const normalized = new Float64Array(values.length);
+  for (let start = 0; start < values.length; start += width) {
+    let peak = 0;
+    for (let j = start; j < start + width; j++) peak = Math.max(peak, Math.abs(values[j]));
+    if (peak === 0) continue;
+    for (let j = start; j < start + width; j++) normalized[j] = values[j] / peak;
+  }
+  return normalized;
 }
 
 export function tokenAt(att: Attribution, column: number): TokenInfo {

@@ -170,7 +170,6 @@ describe("compare page", () => {
     second.metadata.attribution_method = "input_x_gradient";
     // In the second run, output 1's strongest source is "The" instead of " sat".
     second.data.association_matrix[1] = [0, 5, 1, 1, 0, 1, 0, 0];
-    second.data.normalized_association[1] = [0, 1, 0.2, 0.2, 0, 0.2, 0, 0];
     routes["/api/runs/run-b/results/p1"] = () => jsonResponse(second);
     routes["/api/compare?run_id=run-a&prompt_id=p1"] = () =>
       jsonResponse({
