@@ -206,10 +206,10 @@ def test_runs_command_table_and_json(local_results: LocalStorage, capsys: pytest
     code, out, _ = run_cli(["runs", "--results", local_results.url], capsys)
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split() == ["RUN", "ID", "MODEL", "METHOD", "PROMPTS", "RESULTS", "ERRORS", "CREATED"]
+    assert header.split() == ["RUN", "ID", "MODEL", "METHOD", "PROMPTS", "RESULTS", "ERRORS", "CORRUPT", "CREATED"]
     by_id = {row.split()[0]: row.split() for row in rows}
-    assert by_id["run-a"][1:6] == ["model-a", "saliency", "4", "3", "1"]
-    assert by_id["run-b"][1:6] == ["model-b", "saliency", "1", "1", "0"]
+    assert by_id["run-a"][1:7] == ["model-a", "saliency", "4", "3", "1", "0"]
+    assert by_id["run-b"][1:7] == ["model-b", "saliency", "1", "1", "0", "0"]
 
     code, out, _ = run_cli(["runs", "--results", local_results.url, "--json"], capsys)
     listed = {row["run_id"]: row for row in json.loads(out)}
