@@ -120,7 +120,8 @@ class RunStatus:
 
     @property
     def finished(self) -> bool:
-        return self.counts.complete
+        """Nothing more will come from workers: every prompt has an outcome (a corrupt result waits for a resume)."""
+        return self.counts.pending == 0
 
     def throughput_per_s(self) -> float | None:
         """Prompts finished per second since the first worker took a batch of this submission."""

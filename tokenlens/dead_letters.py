@@ -12,6 +12,9 @@ cut to `RAW_MESSAGE_CHARS`. Both keys are named in `tokenlens.queue`:
 
 `tokenlens status RUN` shows the run's count and latest reasons; an operator reads
 the whole list with ``redis-cli LRANGE tokenlens:dead_letters 0 -1``.
+
+Recording is at least once: a worker that loses Redis between recording a message
+and acknowledging it sees the message again after the lease, and records it again.
 """
 
 from __future__ import annotations

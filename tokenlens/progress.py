@@ -56,8 +56,8 @@ class RunCounts:
 
     @property
     def complete(self) -> bool:
-        """Every prompt has an outcome."""
-        return self.pending == 0
+        """Every prompt has an outcome, and no result is corrupt (a corrupt one waits for a resume)."""
+        return self.pending == 0 and self.corrupt == 0
 
 
 @dataclass(frozen=True)

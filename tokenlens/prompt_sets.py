@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tokenlens.batch import SAFE_ID_HELP, PromptRecord, is_safe_id
+from pydantic import ValidationError
+
+from tokenlens.batch import SAFE_ID_HELP, PromptRecord, describe_validation_error, is_safe_id
 from tokenlens.errors import PromptSetError
 
 FORMATS = ("jsonl", "csv", "txt")
@@ -158,5 +160,8 @@ def _records(name: str, rows: list[tuple[int, dict[str, Any]]]) -> list[PromptRe
         max_new = obj.get("max_new_tokens")
         if max_new is not None and (isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1):
             raise PromptSetError(name, line, f"'max_new_tokens' must be a positive integer, got {max_new!r}")
-        records.append(PromptRecord(id=prompt_id, prompt=prompt, target=target, max_new_tokens=max_new))
+        try:
+            records.append(PromptRecord(id=prompt_id, prompt=prompt, target=target, max_new_tokens=max_new))
+        except ValidationError as exc:  # a bound of the batch format (a prompt too long, too many tokens)
+            raise PromptSetError(name, line, describe_validation_error(exc)) from None
     return records

@@ -34,6 +34,7 @@ ENV_VARS: Mapping[str, str] = {
     "metrics_host": "TOKENLENS_METRICS_HOST",
     "queue_key": "TOKENLENS_QUEUE_KEY",
     "test_crash_prompt_ids": "TOKENLENS_TEST_CRASH_PROMPT_IDS",
+    "test_kill_during_write": "TOKENLENS_TEST_KILL_DURING_WRITE",
 }
 
 
@@ -77,6 +78,10 @@ class Settings:
     #: segfault or the kernel's OOM killer would (TOKENLENS_TEST_CRASH_PROMPT_IDS, comma-separated; see
     #: tests/integration/test_poison_prompts.py).
     test_crash_prompt_ids: frozenset[str] = frozenset()
+    #: TEST-ONLY, never set in production: the prompt id whose result write kills the worker with SIGKILL halfway
+    #: (its temp file written, not yet in place), once (TOKENLENS_TEST_KILL_DURING_WRITE; see
+    #: tests/integration/test_fault_injection.py).
+    test_kill_during_write: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -101,6 +106,7 @@ class Settings:
             metrics_host=reader.text("metrics_host") or defaults.METRICS_HOST,
             queue_key=reader.secret("queue_key"),
             test_crash_prompt_ids=frozenset(p for p in reader.text("test_crash_prompt_ids").split(",") if p),
+            test_kill_during_write=reader.text("test_kill_during_write") or None,
         )
         given = {name: value for name, value in overrides.items() if value is not None}
         unknown = sorted(set(given) - set(ENV_VARS))

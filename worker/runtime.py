@@ -130,6 +130,10 @@ def start_runtime(
         metrics=metrics,
     )
     log.info("writing only to %s", locations.describe())
+    if settings.test_kill_during_write:
+        from worker.tasks import install_test_kill_during_write
+
+        install_test_kill_during_write(settings.test_kill_during_write)
     return _current
 
 

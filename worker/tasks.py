@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
@@ -50,6 +51,23 @@ def _crash_if_test_poison(rt: WorkerRuntime, prompts: list[PromptRecord]) -> Non
     if rt.settings.test_crash_prompt_ids & {p.id for p in prompts}:
         log.critical("killing this worker on a test poison prompt (TOKENLENS_TEST_CRASH_PROMPT_IDS)")
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install_test_kill_during_write(victim: str) -> None:
+    """TEST-ONLY (`Settings.test_kill_during_write`, unset in production): SIGKILL this worker in the middle of
+    writing `victim`'s result, where local storage has written and synced its temp file but not yet linked it in
+    place; once (not again while that temp file is left over), so the restarted worker finishes the run."""
+    real_link = os.link
+
+    def link_or_die(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        target = Path(os.fsdecode(dst))
+        leftover = list(target.parent.glob(f".{target.name}.*.tmp"))
+        if target.name == f"{victim}.json" and target.parent.name == "results" and leftover == [Path(os.fsdecode(src))]:
+            log.critical("killing this worker while it writes %s (TOKENLENS_TEST_KILL_DURING_WRITE)", target)
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_link(src, dst, *args, **kwargs)
+
+    os.link = link_or_die  # type: ignore[assignment]
 
 
 class LeaseHeartbeat:

@@ -172,6 +172,9 @@ def test_hostile_messages_go_to_the_dead_letter_list_and_the_worker_goes_on(
     hostile = _hostile_messages(tiny_llama_dir, results, outside, evil, "good")
     for _name, _kind, raw in hostile:
         client.lpush(queue, raw)
+    # A well-formed, signed batch for a method no engine has: an error record with that reason, at once.
+    unknown = _batch(tiny_llama_dir, results, run_id="unknown-method", method="no_such_method")
+    client.lpush(queue, json.dumps(_envelope(queue, unknown)))
     worker = start_worker(tiny_llama_dir, broker_url, env=env)
     pid = worker.process.pid
 
@@ -181,13 +184,18 @@ def test_hostile_messages_go_to_the_dead_letter_list_and_the_worker_goes_on(
         (name, letter.kind, letter.reason) for (name, _k, _r), letter in zip(hostile, letters, strict=False)
     ]
     assert all(letter.reason and letter.queue == queue for letter in letters)
-    assert client.llen(queue) == 0 and client.hlen("unacked") == 0  # acknowledged, not waiting to come back
+    unknown_store = RunStore(LocalStorage(results), "unknown-method")
+    wait_until(lambda: unknown_store.ids("errors") == {"x1"}, 60, "the unknown method's error record")
+    error = unknown_store.read_error("x1")
+    assert (error.error_type, error.attempts) == ("UnknownMethodError", 1) and "no_such_method" in error.message
+    # Everything acknowledged: nothing waits to come back after the lease.
+    wait_until(lambda: client.llen(queue) == 0 and client.hlen("unacked") == 0, 30, "every message to be acked")
     assert "Unrecoverable error" not in worker.log()
 
     # Nothing ran, nothing was written outside the worker's results location, the forged runs wrote nothing.
     assert not marker.exists()
     assert list(outside.iterdir()) == []
-    assert sorted(p.name for p in (results / "runs").iterdir()) == ["good"]
+    assert sorted(p.name for p in (results / "runs").iterdir()) == ["good", "unknown-method"]
 
     # The run a forged batch named shows it in `tokenlens status`.
     proc = run_cli("status", "good", "--results", str(results), "--broker", broker_url)
