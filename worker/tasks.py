@@ -67,7 +67,7 @@ def install_test_kill_during_write(victim: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         real_link(src, dst, *args, **kwargs)
 
-    os.link = link_or_die  # type: ignore[assignment]
+    os.link = link_or_die
 
 
 class LeaseHeartbeat:

@@ -11,8 +11,8 @@ import pytest
 from producer.fetch import FileOutcome, fetch_run, plan_fetch
 from storage_backends import LocalStorage, Storage, open_storage
 from storage_backends.s3 import S3Storage
+from tests.cli_runner import run_tokenlens as run_cli
 from tests.fixtures.seaweedfs import WeedServer, apply_s3_env, free_ports
-from tokenlens.cli import main
 from tokenlens.errors import RunNotFoundError, TokenLensError
 from tokenlens.result_codec import decode_result
 from tokenlens.results import RunStore
@@ -158,16 +158,6 @@ def test_unwritable_destination_is_a_clear_error(local_results: LocalStorage, tm
 
 
 # the CLI -------------------------------------------------------------------------------------------
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_fetch_command_summary_and_resume(

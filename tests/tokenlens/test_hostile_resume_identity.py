@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from storage_backends import LocalStorage
+from tests.cli_runner import run_tokenlens
 from tokenlens.batch import BatchTask, PromptRecord
-from tokenlens.cli import main
 from tokenlens.errors import TokenLensError
 from tokenlens.models import load_model
 from tokenlens.pipeline import process_batch
@@ -28,16 +28,6 @@ from tokenlens.spec import RunSpec
 @pytest.fixture(scope="module")
 def tiny_llama(tiny_llama_dir: Path):  # type: ignore[no-untyped-def]
     return load_model(str(tiny_llama_dir), device="cpu")
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def manifest(**changes: Any) -> RunManifest:
@@ -87,7 +77,7 @@ def test_resuming_a_run_with_another_dtype_is_refused_by_the_cli_and_writes_noth
     before = sorted(p.relative_to(results) for p in results.rglob("*"))
     prompts = tmp_path / "p.txt"
     prompts.write_text("hello\n")
-    code, _out, err = run_cli(
+    code, _out, err = run_tokenlens(
         [
             "run",
             str(prompts),
@@ -167,17 +157,19 @@ def test_status_and_runs_report_corrupt_results(tmp_path: Path, capsys: pytest.C
     store = RunStore(storage, "r1")
     store.write_manifest(manifest(run_id="r1", prompt_ids=["a", "b"], prompt_count=2))
     storage.put("runs/r1/results/a.json", b'{"metadata": {"prompt": "cut off')
-    code, out, _err = run_cli(
+    code, out, _err = run_tokenlens(
         ["status", "r1", "--results", str(tmp_path), "--broker", "redis://127.0.0.1:1/0", "--verify"], capsys
     )
     assert code == 0 and "done       0/2" in out and "corrupt    1 (a)" in out
-    code, out, _err = run_cli(["runs", "--results", str(tmp_path), "--verify", "--json"], capsys)
+    code, out, _err = run_tokenlens(["runs", "--results", str(tmp_path), "--verify", "--json"], capsys)
     assert code == 0 and json.loads(out)[0]["corrupt"] == 1 and json.loads(out)[0]["results"] == 0
 
 
 def test_a_corrupt_run_json_is_one_line_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     LocalStorage(tmp_path).put("runs/r1/run.json", b'{"run_id": "r1", "mod')
-    code, _out, err = run_cli(["status", "r1", "--results", str(tmp_path), "--broker", "redis://127.0.0.1:1/0"], capsys)
+    code, _out, err = run_tokenlens(
+        ["status", "r1", "--results", str(tmp_path), "--broker", "redis://127.0.0.1:1/0"], capsys
+    )
     assert code == 2
     (line,) = err.strip().splitlines()
     assert "unreadable runs/r1/run.json" in line and "Traceback" not in err
@@ -211,7 +203,7 @@ def test_a_model_that_cannot_load_writes_no_run_json(
     prompts.write_text("hello\n")
     model = str(tiny_llama_dir) if model == "TINY" else model
     args = ["run", str(prompts), "--model", model, "--device", device, "--results", str(tmp_path / "results")]
-    code, _out, err = run_cli(args, capsys)
+    code, _out, err = run_tokenlens(args, capsys)
     assert code == 2, err
     assert expected in err and "Traceback" not in err
     assert not (tmp_path / "results").exists()

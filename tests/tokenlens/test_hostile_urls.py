@@ -7,18 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_runner import run_tokenlens
 from tokenlens.broker_url import BrokerUrlError, check_broker_url, redact_url
 from tokenlens.cli import main
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_line_error(err: str) -> str:
@@ -86,7 +77,7 @@ def test_a_password_never_shows_in_an_error() -> None:
 def test_hostile_broker_urls_are_one_line_and_exit_2(
     command: list[str], expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _out, err = run_cli(command, capsys)
+    code, _out, err = run_tokenlens(command, capsys)
     assert code == 2
     assert expected in one_line_error(err)
 
@@ -107,7 +98,7 @@ def test_hostile_results_urls_are_one_line_and_exit_2_before_anything_is_written
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("hello\n")
     monkeypatch.chdir(tmp_path)
-    code, _out, err = run_cli(["run", str(prompts), "--results", results, "--model", "org/model"], capsys)
+    code, _out, err = run_tokenlens(["run", str(prompts), "--results", results, "--model", "org/model"], capsys)
     assert code == 2
     line = one_line_error(err)
     assert expected in line and "secret" not in line
