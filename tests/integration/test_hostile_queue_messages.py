@@ -191,6 +191,7 @@ def test_hostile_messages_go_to_the_dead_letter_list_and_the_worker_goes_on(
     # Everything acknowledged: nothing waits to come back after the lease.
     wait_until(lambda: client.llen(queue) == 0 and client.hlen("unacked") == 0, 30, "every message to be acked")
     assert "Unrecoverable error" not in worker.log()
+    assert QUEUE_KEY not in worker.log(), "the queue key is never logged"
 
     # Nothing ran, nothing was written outside the worker's results location, the forged runs wrote nothing.
     assert not marker.exists()
