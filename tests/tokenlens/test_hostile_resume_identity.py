@@ -241,3 +241,23 @@ def test_deterministic_failures_are_error_records_at_once(
     error = RunStore(LocalStorage(results), "r1").read_error("a")
     assert error.error_type == error_type and error.attempts == 1 and error.message
     assert not os.path.exists(results / "runs/r1/results/a.json")
+
+
+def test_the_ui_reports_a_corrupt_result_and_lists_it_so_from_then_on(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from tests.ui.sample_runs import SamplePrompt, write_run
+    from ui.http_api import create_app
+
+    storage = LocalStorage(tmp_path)
+    write_run(storage, "r1", [SamplePrompt("p1", "The quick brown fox"), SamplePrompt("p2", "Paris is the capital of")])
+    whole = storage.get("runs/r1/results/p2.json")
+    storage.put("runs/r1/results/p2.json", whole[: len(whole) // 2])
+    with TestClient(create_app(storage)) as client:
+        response = client.get("/api/runs/r1/results/p2")
+        assert response.status_code == 422 and "corrupt" in response.json()["error"]
+        assert client.get("/api/runs/r1/results/p1").status_code == 200
+        statuses = {p["prompt_id"]: p["status"] for p in client.get("/api/runs/r1").json()["prompts"]}
+        assert statuses == {"p1": "done", "p2": "corrupt"}
+        (run,) = client.get("/api/runs").json()["runs"]
+        assert (run["done"], run["corrupt"], run["complete"]) == (1, 1, False)
