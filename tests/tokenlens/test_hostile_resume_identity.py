@@ -261,3 +261,30 @@ def test_the_ui_reports_a_corrupt_result_and_lists_it_so_from_then_on(tmp_path: 
         assert statuses == {"p1": "done", "p2": "corrupt"}
         (run,) = client.get("/api/runs").json()["runs"]
         assert (run["done"], run["corrupt"], run["complete"]) == (1, 1, False)
+
+
+@pytest.mark.integration
+def test_resubmitting_a_run_queues_a_corrupt_result_again_and_only_it(tmp_path: Path, broker_url: str) -> None:
+    import base64
+
+    import redis
+
+    from producer.submit import submit_run
+    from tests.ui.sample_runs import make_result
+    from tokenlens.queue import queue_name
+
+    results, prompts = tmp_path / "results", tmp_path / "p.jsonl"
+    prompts.write_text("".join(f'{{"id": "{pid}", "prompt": "Prompt {pid}"}}\n' for pid in "abc"))
+    spec = RunSpec(run_id="r1", model="org/model", results_url=str(results))
+    assert submit_run(spec, prompts, broker_url=broker_url).enqueued_prompts == 3
+    store = RunStore(LocalStorage(results), "r1")
+    for pid in "abc":
+        store.write_result(make_result("r1", pid, f"Prompt {pid}"))
+    whole = store.read_result_bytes("b")
+    store.storage.put(store.key("results", "b"), whole[: len(whole) // 3])
+
+    report = submit_run(spec, prompts, broker_url=broker_url)
+    assert report.resumed and report.enqueued_prompts == 1 and report.already_done == 2
+    (message,) = redis.Redis.from_url(broker_url).lrange(queue_name("org/model"), 0, -1)
+    body = json.loads(base64.b64decode(json.loads(message)["body"]))
+    assert [p["id"] for p in body[0][0]["prompts"]] == ["b"]
