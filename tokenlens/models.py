@@ -74,16 +74,11 @@ def looks_like_alias(spec: str) -> bool:
     return "/" not in spec and not spec.endswith(".gguf") and not os.path.exists(spec)
 
 
-def looks_like_path(spec: str) -> bool:
-    """A spec written as a path (./x, /x, ~/x, x.gguf) names a local directory or file, never a hub id."""
-    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf")
-
-
 def check_model_spec(spec: str) -> None:
-    """Fail fast, before anything heavy, on an alias nobody defined or a local path that isn't there."""
-    if looks_like_path(spec) and not Path(spec).expanduser().exists():
-        what = "GGUF file" if spec.endswith(".gguf") else "model directory"
-        raise ModelLoadError(f"{what} {spec} does not exist; pass an existing path, a Hugging Face id or an alias")
+    """Fail fast, before anything heavy, on an alias nobody defined.
+
+    A local path is checked where the model loads (`load_model`): workers may see paths a submitting host doesn't.
+    """
     if looks_like_alias(spec) and spec.lower() not in MODEL_ALIASES and spec.lower() == spec and "-" in spec:
         # Could still be a legacy hub id without an org (e.g. "gpt2"), so only
         # names that look like our aliases (lowercase, dashed) are rejected here.
