@@ -64,7 +64,7 @@ def submit_command(
       tokenlens status RUN_ID --watch
     """
     from producer.submit import submit_run
-    from tokenlens.queue import redact_url
+    from tokenlens.broker_url import redact_url
     from tokenlens.spec import RunSpec, new_run_id
 
     settings = Settings.from_env(results_url=results_url, broker_url=broker_url)

@@ -18,11 +18,12 @@ import redis
 
 from storage_backends import StorageError, open_storage
 from tokenlens import defaults
+from tokenlens.broker_url import redact_url
 from tokenlens.dead_letters import RunDeadLetters, read_run_dead_letters
 from tokenlens.errors import TokenLensError
 from tokenlens.plan import plan_run
 from tokenlens.progress import RunCounts, read_progress
-from tokenlens.queue import BrokerError, QueueProgress, RunQueue, connect_broker, queue_name, redact_url
+from tokenlens.queue import BrokerError, QueueProgress, RunQueue, connect_broker, queue_name
 from tokenlens.results import RunStore
 from tokenlens.schema import RunManifest
 from tokenlens.spec import RunSpec, build_batches

@@ -103,9 +103,9 @@ def worker_command(
     logging.getLogger().setLevel(loglevel.upper())
     settings = Settings.from_env(broker_url=broker_url, metrics_host=metrics_host)
 
-    from tokenlens.broker_url import check_broker_url
+    from tokenlens.broker_url import check_broker_url, redact_url
     from tokenlens.locations import ResultsLocations
-    from tokenlens.queue import queue_name, redact_url
+    from tokenlens.queue import queue_name
 
     check_broker_url(settings.broker_url)
     locations = ResultsLocations(results_urls or [settings.results_url])

@@ -125,7 +125,7 @@ class GuardedRedisClient(redis.Redis):
     """The transport's Redis client: a popped queue item that is not a kombu message comes out quarantined."""
 
     def parse_response(self, connection: Any, command_name: str | bytes, **options: Any) -> Any:
-        response = super().parse_response(connection, command_name, **options)
+        response = super().parse_response(connection, command_name, **options)  # type: ignore[no-untyped-call]
         # kombu consumes with BRPOP, which it sends and parses itself: the reply is [queue, item].
         if command_name == "BRPOP" and isinstance(response, list | tuple) and len(response) == 2:
             queue, item = response
@@ -133,7 +133,7 @@ class GuardedRedisClient(redis.Redis):
         return response
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        response = super().execute_command(*args, **options)
+        response = super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         # kombu's basic_get path pops with RPOP.
         if args and args[0] == "RPOP" and len(args) == 2:
             return _checked_item(response, _name(args[1]))
@@ -142,7 +142,7 @@ class GuardedRedisClient(redis.Redis):
 
 class GuardedRedisChannel(kombu_redis.Channel):
     def _get_client(self) -> Any:
-        client = super()._get_client()
+        client = super()._get_client()  # type: ignore[no-untyped-call]
         if client is not redis.Redis:  # a global key prefix: kombu's own client class; keep it
             log.warning("TokenLens's queue-item guard is off: the broker uses a global key prefix")
             return client
@@ -225,7 +225,7 @@ def record_refusal(rt: WorkerRuntime | None, refusal: Refusal, *, queue: str, ra
             rt.metrics.dead_letters.labels(reason=refusal.kind).inc()
 
 
-class GuardedConsumer(Consumer):
+class GuardedConsumer(Consumer):  # type: ignore[misc]  # Celery has no type information
     """Celery's consumer with TokenLens's door in front of every task message (Celery's `worker_consumer`)."""
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:

@@ -34,7 +34,8 @@ QUEUE_KEY = "TOKENLENS_QUEUE_KEY"
 
 
 def _worker_container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (container,) = [c for c in pod_spec(deployment)["containers"] if c.get("args", [])[:1] == ["worker"]]
+    containers: list[dict[str, Any]] = pod_spec(deployment)["containers"]
+    (container,) = [c for c in containers if c.get("args", [])[:1] == ["worker"]]
     return container
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from redis.connection import SSLConnection
 
 from tests.fixtures.redis_server import free_port
 from tokenlens.queue import connect_broker
@@ -42,6 +43,7 @@ def test_a_tls_broker_is_verified_by_workers_and_producers() -> None:
     assert not explicit.conf.broker_use_ssl
     assert explicit.connection_for_write().ssl == {"ssl_cert_reqs": ssl.CERT_OPTIONAL}
     producer = connect_broker("rediss://:pw@queue.example.com:6380/0", check=False).connection_pool.make_connection()
+    assert isinstance(producer, SSLConnection)
     assert producer.cert_reqs == ssl.CERT_REQUIRED and producer.check_hostname
 
 
