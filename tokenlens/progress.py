@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from storage_backends import NotFoundError, StorageError
+from storage_backends import NotFoundError, OutsideRootError, StorageError
 from tokenlens.batch import describe_validation_error
 from tokenlens.result_codec import decode_result
 from tokenlens.results import RunStore
@@ -116,6 +116,8 @@ def stored_result_state(store: RunStore, prompt_id: str) -> ResultState:
         raw = store.read_result_bytes(prompt_id)
     except NotFoundError:
         return "missing"
+    except OutsideRootError:  # a symlink planted out of the results directory is no result
+        return "corrupt"
     return "corrupt" if result_problem(raw, run_id=store.run_id, prompt_id=prompt_id) is not None else "done"
 
 

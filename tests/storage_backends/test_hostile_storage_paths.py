@@ -151,3 +151,16 @@ def test_hostile_results_directory_that_cannot_be_written_is_one_clear_error(tmp
     with pytest.raises(StorageUnavailableError, match="can't"):
         storage.put("runs/r/run.json", b"{}")
     assert not Path("/proc/tokenlens-results").exists()
+
+
+def test_hostile_result_link_is_replaced_by_a_real_result_on_resume(root: LocalStorage, outside: Path) -> None:
+    from tokenlens.pipeline import result_done
+
+    store = RunStore(root, "real")
+    (_results_dir(root, "real") / "p3.json").symlink_to(outside / "secret")
+    # Not done: the link is removed (never what it points to), so the prompt is attributed again.
+    assert result_done(store, "p3") is False
+    assert not (_results_dir(root, "real") / "p3.json").is_symlink()
+    assert (outside / "secret").read_bytes() == SECRET
+    assert store.write_result(make_result("real", "p3", "hello"))
+    assert result_done(store, "p3") is True
