@@ -91,13 +91,16 @@ class RunProgress:
         return "pending"
 
 
-def result_problem(raw: bytes, *, run_id: str, prompt_id: str) -> str | None:
-    """What makes `raw` not a valid result of `prompt_id` in `run_id` (None: it is one). The one rule for corrupt."""
+def result_problem(raw: bytes, *, run_id: str, prompt_id: str, source: str | None = None) -> str | None:
+    """What makes `raw` not a valid result of `prompt_id` in `run_id` (None: it is one). The one rule for corrupt.
+
+    `source` names the file in the message (default: the prompt).
+    """
     if not raw.strip():
         return "the result file is empty"
     try:
         # The one decoder (every format and revision TokenLens wrote, and the seed's files).
-        result = decode_result(raw, source=f"result of {prompt_id}")
+        result = decode_result(raw, source=source or f"result of {prompt_id}")
     except ValidationError as exc:
         return f"not a valid TokenLens result ({describe_validation_error(exc, limit=1)})"
     except ValueError as exc:  # ResultFormatError included

@@ -202,7 +202,7 @@ class RunReader:
         """A stored result, checked with `tokenlens.progress.result_problem`; `CorruptResultError` if it fails."""
         store = self.store(run_id)
         raw = store.read_result_bytes(check_safe_id("prompt id", prompt_id))
-        problem = result_problem(raw, run_id=run_id, prompt_id=prompt_id)
+        problem = result_problem(raw, run_id=run_id, prompt_id=prompt_id, source=store.key("results", prompt_id))
         if problem is not None:
             with self._lock:
                 self._corrupt.add((run_id, prompt_id))
