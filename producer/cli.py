@@ -64,7 +64,7 @@ def submit_command(
       tokenlens status RUN_ID --watch
     """
     from producer.submit import submit_run
-    from tokenlens.queue import redact_url
+    from tokenlens.broker_url import redact_url
     from tokenlens.spec import RunSpec, new_run_id
 
     settings = Settings.from_env(results_url=results_url, broker_url=broker_url)
@@ -73,7 +73,7 @@ def submit_command(
         engine=engine, method_params=method_flags(flags), max_new_tokens=max_new_tokens, chat_template=chat,
         batch_size=batch_size, result_format=result_format,
     )  # fmt: skip
-    report = submit_run(spec, prompts, broker_url=settings.broker_url)
+    report = submit_run(spec, prompts, broker_url=settings.broker_url, signing_key=settings.queue_key)
     verb = "resumed" if report.resumed else "submitted"
     click.echo(
         f"{verb} run {report.run_id}: {report.enqueued_prompts} prompts in {report.enqueued_batches} batches "
@@ -107,6 +107,9 @@ def describe_status(status: Any) -> list[str]:
         f"  done       {counts.done}/{counts.prompt_count}",
         f"  failed     {counts.failed}",
     ]
+    if counts.corrupt:
+        shown = ", ".join(sorted(status.corrupt_ids)[:5]) + (" ..." if counts.corrupt > 5 else "")
+        lines.append(f"  corrupt    {counts.corrupt} ({shown}); resubmitting the run attributes them again")
     if queue is not None:
         lines += [
             f"  queued     {queue.queued_prompts} prompts ({queue.queued_batches} batches)",
@@ -119,6 +122,10 @@ def describe_status(status: Any) -> list[str]:
             lines.append("  cancelled: queued batches were removed; `tokenlens submit` with this --run-id resumes it")
     else:
         lines.append(f"  note: {status.queue_note}")
+    letters = status.dead_letters
+    if letters is not None and letters.count:
+        lines.append(f"  dead letters {letters.count}: messages for this run that workers refused; latest:")
+        lines += [f"    - {letter.kind}: {letter.reason}" for letter in letters.latest]
     return lines
 
 
@@ -128,16 +135,21 @@ def describe_status(status: Any) -> list[str]:
 @broker_option()
 @click.option("--watch", is_flag=True, help="Show a live progress bar until the run finishes (Ctrl+C to leave).")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between updates with --watch.")
-def status_command(run_id: str, results_url: str | None, broker_url: str | None, watch: bool, interval: float) -> None:
-    """Show RUN_ID's progress: done, failed, queued, in flight, throughput and ETA.
+@click.option("--verify", is_flag=True, help="Read and check every result file; corrupt ones are not counted done.")
+def status_command(
+    run_id: str, results_url: str | None, broker_url: str | None, watch: bool, interval: float, verify: bool
+) -> None:
+    """Show RUN_ID's progress: done, failed, corrupt, queued, in flight, throughput, ETA and dead letters.
 
     Done and failed come from the results URL, so they are right even when Redis
-    was flushed or is down (the command says so); queued and in flight come from Redis.
+    was flushed or is down (the command says so); queued, in flight and the
+    messages workers refused (dead letters) come from Redis. An empty result file
+    counts as corrupt; --verify reads and checks every result file.
     """
     from producer.submit import run_status
 
     settings = Settings.from_env(results_url=results_url, broker_url=broker_url)
-    status = run_status(run_id, results_url=settings.results_url, broker_url=settings.broker_url)
+    status = run_status(run_id, results_url=settings.results_url, broker_url=settings.broker_url, verify=verify)
     if not watch:
         click.echo("\n".join(describe_status(status)))
         return

@@ -30,7 +30,7 @@ from storage_backends import (
 )
 from storage_backends.base import md5_hex
 from tokenlens.cli_options import results_option
-from tokenlens.errors import RunNotFoundError, TokenLensError
+from tokenlens.errors import RunNotFoundError, RunUnreadableError, TokenLensError
 from tokenlens.progress import read_progress
 from tokenlens.results import KINDS, RUNS_PREFIX, RunStore, list_run_ids
 from tokenlens.settings import Settings
@@ -293,12 +293,12 @@ class RunRow:
     problem: str | None = None
 
 
-def describe_run(storage: Storage, run_id: str) -> RunRow:
+def describe_run(storage: Storage, run_id: str, *, verify: bool = False) -> RunRow:
     store = RunStore(storage, run_id)
     try:
         manifest = store.read_manifest()
-        counts = read_progress(store, manifest).counts
-    except ValueError as exc:  # pydantic's ValidationError and bad JSON are ValueErrors
+        counts = read_progress(store, manifest, verify=verify).counts
+    except (ValueError, RunUnreadableError) as exc:
         first_line = str(exc).splitlines()[0]
         return RunRow(run_id=run_id, problem=f"unreadable run.json: {first_line}")
     except RunNotFoundError:
@@ -318,28 +318,26 @@ def describe_run(storage: Storage, run_id: str) -> RunRow:
     )
 
 
-def describe_runs(storage: Storage, jobs: int = DEFAULT_JOBS) -> list[RunRow]:
-    """Every run under the storage root, oldest first."""
+def describe_runs(storage: Storage, jobs: int = DEFAULT_JOBS, *, verify: bool = False) -> list[RunRow]:
+    """Every run under the storage root, oldest first (`verify`: every result file read and checked)."""
     run_ids = list(list_run_ids(storage))
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="runs") as pool:
-        rows = list(pool.map(lambda run_id: describe_run(storage, run_id), run_ids))
+        rows = list(pool.map(lambda run_id: describe_run(storage, run_id, verify=verify), run_ids))
     return sorted(rows, key=lambda row: (row.created_at or "", row.run_id))
 
 
 def format_table(rows: Sequence[RunRow]) -> list[str]:
-    header = ("RUN ID", "MODEL", "METHOD", "PROMPTS", "RESULTS", "ERRORS", "CREATED")
+    header = ("RUN ID", "MODEL", "METHOD", "PROMPTS", "RESULTS", "ERRORS", "CORRUPT", "CREATED")
 
     def cells(row: RunRow) -> tuple[str, ...]:
         if row.problem:
-            return (row.run_id, f"({row.problem})", "", "", "", "", "")
-        return tuple(
-            "-" if value is None else str(value)
-            for value in (row.run_id, row.model, row.method, row.prompts, row.results, row.errors, row.created_at)
-        )
+            return (row.run_id, f"({row.problem})", "", "", "", "", "", "")
+        values = (row.run_id, row.model, row.method, row.prompts, row.results, row.errors, row.corrupt, row.created_at)
+        return tuple("-" if value is None else str(value) for value in values)
 
     table = [header, *(cells(row) for row in rows)]
     widths = [max(len(line[column]) for line in table) for column in range(len(header))]
-    numeric = {3, 4, 5}
+    numeric = {3, 4, 5, 6}
     return [
         "  ".join(
             cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(line)
@@ -351,10 +349,14 @@ def format_table(rows: Sequence[RunRow]) -> list[str]:
 @click.command("runs")
 @results_option()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-def runs_command(results_url: str | None, as_json: bool) -> None:
-    """List the runs under a results URL: model, method, prompts, results, errors, creation time."""
+@click.option("--verify", is_flag=True, help="Read and check every result file; corrupt ones are not counted done.")
+def runs_command(results_url: str | None, as_json: bool, verify: bool) -> None:
+    """List the runs under a results URL: model, method, prompts, results, errors, corrupt results, creation time.
+
+    Without --verify an empty result file counts as corrupt; --verify reads and checks every result file.
+    """
     storage = _open_for_reading(results_url)
-    rows = describe_runs(storage)
+    rows = describe_runs(storage, verify=verify)
     if as_json:
         click.echo(json.dumps([asdict(row) for row in rows], indent=2))
         return

@@ -2,7 +2,9 @@
 
 Submit validates everything first (prompt set, method, options, model name,
 results URL, broker) and enqueues nothing unless all of it is fine. Submitting
-an existing run id again resumes it: only prompts without a result are queued.
+an existing run id again resumes it: only prompts without a valid result are
+queued (every stored result is read and checked, so a corrupt one runs again).
+With TOKENLENS_QUEUE_KEY set, every batch is signed (tokenlens.signing).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import redis
 
 from storage_backends import StorageError, open_storage
 from tokenlens import defaults
+from tokenlens.broker_url import redact_url
+from tokenlens.dead_letters import RunDeadLetters, read_run_dead_letters
 from tokenlens.errors import TokenLensError
 from tokenlens.plan import plan_run
 from tokenlens.progress import RunCounts, read_progress
-from tokenlens.queue import BrokerError, QueueProgress, RunQueue, connect_broker, queue_name, redact_url
+from tokenlens.queue import BrokerError, QueueProgress, RunQueue, connect_broker, queue_name
 from tokenlens.results import RunStore
 from tokenlens.schema import RunManifest
 from tokenlens.spec import RunSpec, build_batches
@@ -39,8 +43,13 @@ class SubmitReport:
     elapsed_s: float
 
 
-def submit_run(spec: RunSpec, prompts_path: str | Path, *, broker_url: str) -> SubmitReport:
-    """Validate a prompt set and queue it for `spec.model`'s workers; nothing is enqueued if anything is wrong."""
+def submit_run(
+    spec: RunSpec, prompts_path: str | Path, *, broker_url: str, signing_key: str | None = None
+) -> SubmitReport:
+    """Validate a prompt set and queue it for `spec.model`'s workers; nothing is enqueued if anything is wrong.
+
+    With `signing_key` (TOKENLENS_QUEUE_KEY), every batch carries its HMAC.
+    """
     started = time.perf_counter()
     plan = plan_run(spec, prompts_path, mode="distributed")
     client = connect_broker(broker_url)  # an unreachable broker fails here, before run.json is written
@@ -49,9 +58,10 @@ def submit_run(spec: RunSpec, prompts_path: str | Path, *, broker_url: str) -> S
     model = spec.worker_model
     queue = queue_name(model)
 
-    done = store.ids("results")
+    # A resumed run's results are read and checked: a corrupt one is queued again (its worker replaces it).
+    done = read_progress(store, plan.manifest, verify=True).done_ids if plan.resumed else frozenset()
     pending = [r for r in records if r.id not in done]
-    run_queue = RunQueue(client, spec.run_id)
+    run_queue = RunQueue(client, spec.run_id, signing_key=signing_key)
     try:
         # Resuming: drop what an earlier submit still has queued (it is queued again below), clear a
         # cancel, give failed prompts fresh attempts, and forget their old error records.
@@ -104,10 +114,15 @@ class RunStatus:
     #: Why `queue` is None, for the user ("Redis unreachable ...", "Redis has no record ...").
     queue_note: str | None
     checked_at: float
+    #: Messages for this run that workers refused (tokenlens.dead_letters); None when Redis can't be asked.
+    dead_letters: RunDeadLetters | None = None
+    #: Result files found corrupt (only looked for beyond empty files with `verify`).
+    corrupt_ids: frozenset[str] = frozenset()
 
     @property
     def finished(self) -> bool:
-        return self.counts.complete
+        """Nothing more will come from workers: every prompt has an outcome (a corrupt result waits for a resume)."""
+        return self.counts.pending == 0
 
     def throughput_per_s(self) -> float | None:
         """Prompts finished per second since the first worker took a batch of this submission."""
@@ -130,17 +145,23 @@ class RunStatus:
         return self.counts.pending / rate
 
 
-def run_status(run_id: str, *, results_url: str, broker_url: str) -> RunStatus:
-    """Read a run's progress from storage (always) and Redis (when it can be reached and remembers the run)."""
+def run_status(run_id: str, *, results_url: str, broker_url: str, verify: bool = False) -> RunStatus:
+    """Read a run's progress from storage (always) and Redis (when it can be reached and remembers the run).
+
+    With `verify`, every result file is read and checked, and corrupt ones are not counted done.
+    """
     storage = open_storage(results_url)
     store = RunStore(storage, run_id)
     manifest = store.read_manifest()
-    counts = read_progress(store, manifest).counts
+    stored = read_progress(store, manifest, verify=verify)
+    counts = stored.counts
     progress: QueueProgress | None = None
     note: str | None = None
+    dead_letters: RunDeadLetters | None = None
     try:
         client = connect_broker(broker_url, timeout_s=2.0)
         progress = RunQueue(client, run_id).progress()
+        dead_letters = read_run_dead_letters(client, run_id)
         if progress is None:
             note = (
                 f"Redis at {redact_url(broker_url)} has no record of this run (flushed, expired, or submitted to "
@@ -154,8 +175,9 @@ def run_status(run_id: str, *, results_url: str, broker_url: str) -> RunStatus:
     except redis.RedisError as exc:
         note = f"Redis error ({exc}): counts come from storage alone; queued and in-flight are unknown"
     return RunStatus(
-        run_id=run_id, manifest=manifest, counts=counts, queue=progress, queue_note=note, checked_at=time.time()
-    )
+        run_id=run_id, manifest=manifest, counts=counts, queue=progress, queue_note=note, checked_at=time.time(),
+        dead_letters=dead_letters, corrupt_ids=stored.corrupt_ids,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from storage_backends.base import (
     StorageUnavailableError,
     validate_key,
 )
-from storage_backends.local import LocalStorage
+from storage_backends.local import LocalStorage, OutsideRootError
 from storage_backends.url import open_storage
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "LocalStorage",
     "NotFoundError",
     "ObjectInfo",
+    "OutsideRootError",
     "Storage",
     "StorageError",
     "StorageUnavailableError",

@@ -1,16 +1,27 @@
-"""A directory on local disk (or a shared filesystem) as storage."""
+"""A directory on local disk (or a shared filesystem) as storage.
+
+Every path is resolved (`os.path.realpath`) and must lie inside the root: a key
+that leads through a symlink to anywhere else (a file linked to /etc/passwd, a
+run directory linked out of the root, a link inside the root pointing outside)
+is refused for reading, writing and deleting (`OutsideRootError`) and left out
+of listings. Files are created with mode 0644 less the process umask, like any
+file a program writes, so a results directory can be shared read-only.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from storage_backends.base import (
     AlreadyExistsError,
+    InvalidKeyError,
     NotFoundError,
     ObjectInfo,
     Storage,
@@ -19,17 +30,66 @@ from storage_backends.base import (
     validate_prefix,
 )
 
+log = logging.getLogger(__name__)
+
+#: The mode of a stored file before the umask applies (what open() would give it).
+FILE_MODE = 0o644
+
+
+class OutsideRootError(InvalidKeyError):
+    """A key whose path resolves (through a symlink) outside the storage root."""
+
+
+_umask_lock = threading.Lock()
+
+
+def _current_umask() -> int:
+    # The only portable way to read the umask is to set it; done under a lock and restored at once.
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
 
 class LocalStorage(Storage):
     """Objects are files under `root`; writes go to a temp file, fsync, then rename."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).expanduser().resolve()
+        self.root = Path(os.path.realpath(Path(root).expanduser()))
         self.url = str(self.root)
+        self._file_mode = FILE_MODE & ~_current_umask()
+
+    # paths -------------------------------------------------------------------------------------------------
+    def _inside(self, path: str | os.PathLike[str]) -> bool:
+        real = os.path.realpath(path)
+        root = str(self.root)
+        return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*validate_key(key).split("/"))
+        """The path of `key`; `OutsideRootError` if it resolves outside the root (through a symlink)."""
+        path = self.root.joinpath(*validate_key(key).split("/"))
+        if not self._inside(path):
+            raise OutsideRootError(f"{key} resolves outside {self.url} (a symbolic link); refusing to follow it")
+        return path
 
+    def _parent_for_writing(self, key: str) -> Path:
+        """The directory a new `key` goes in, created if needed, never through a link out of the root."""
+        path = self.root.joinpath(*validate_key(key).split("/"))
+        existing = path.parent
+        while not existing.exists() and existing != self.root and existing != existing.parent:
+            existing = existing.parent
+        if not self._inside(existing):
+            raise OutsideRootError(f"{key} resolves outside {self.url} (a symbolic link); refusing to write there")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problem = exc.strerror or exc
+            raise StorageUnavailableError(f"can't create {path.parent} ({problem}); check --results") from None
+        if not self._inside(path.parent):  # a link swapped in while we looked
+            raise OutsideRootError(f"{key} resolves outside {self.url} (a symbolic link); refusing to write there")
+        return path
+
+    # the contract ------------------------------------------------------------------------------------------
     def put(
         self,
         key: str,
@@ -40,11 +100,18 @@ class LocalStorage(Storage):
         content_encoding: str | None = None,
     ) -> None:
         # A file keeps no content type or encoding: readers tell a result's format by its first bytes.
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        path = self._parent_for_writing(key)
+        if path.is_symlink() and not self._inside(path):
+            raise OutsideRootError(f"{key} is a symbolic link out of {self.url}; refusing to write through it")
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as exc:
+            problem = exc.strerror or exc
+            raise StorageUnavailableError(f"can't write in {path.parent} ({problem}); check --results") from None
         try:
             with os.fdopen(fd, "wb") as tmp:
+                # mkstemp makes the file private (0600); a result is as readable as any file the user writes.
+                os.fchmod(tmp.fileno(), self._file_mode)
                 tmp.write(data)
                 tmp.flush()
                 os.fsync(tmp.fileno())
@@ -58,6 +125,8 @@ class LocalStorage(Storage):
             else:
                 os.replace(tmp_name, path)
             _fsync_dir(path.parent)
+        except OSError as exc:
+            raise StorageUnavailableError(f"can't write {key} in {self.url} ({exc.strerror or exc})") from None
         finally:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
@@ -67,6 +136,8 @@ class LocalStorage(Storage):
             return self._path(key).read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise NotFoundError(f"{key} not found in {self.url}") from None
+        except PermissionError:
+            raise StorageUnavailableError(f"{key} in {self.url} is not readable (permission denied)") from None
 
     def md5(self, key: str) -> str:
         digest = hashlib.md5(usedforsecurity=False)
@@ -79,7 +150,10 @@ class LocalStorage(Storage):
         return digest.hexdigest()
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        try:
+            return self._path(key).is_file()
+        except OutsideRootError:
+            return False
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
@@ -88,22 +162,30 @@ class LocalStorage(Storage):
         # Walk only the deepest directory the prefix names, not the whole tree.
         start_parts = prefix.split("/")[:-1]
         start = self.root.joinpath(*start_parts) if start_parts else self.root
-        if not start.is_dir():
+        if not start.is_dir() or not self._inside(start):
             return
         found: list[ObjectInfo] = []
+        # followlinks=False: a linked directory is never walked into, wherever it points.
         for dirpath, _dirnames, filenames in os.walk(start):
             for name in filenames:
                 if name.startswith(".") and name.endswith(".tmp"):
                     continue  # an in-flight atomic write
                 full = Path(dirpath) / name
+                if full.is_symlink() and not self._inside(full):
+                    log.warning("ignoring %s: a symbolic link out of %s", full, self.url)
+                    continue
                 key = full.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    found.append(ObjectInfo(key=key, size=full.stat().st_size))
+                    with contextlib.suppress(FileNotFoundError):  # removed since the walk saw it
+                        found.append(ObjectInfo(key=key, size=full.stat().st_size))
         yield from sorted(found, key=lambda info: info.key)
 
     def delete(self, key: str) -> None:
+        path = self.root.joinpath(*validate_key(key).split("/"))
+        if not self._inside(path.parent):
+            raise OutsideRootError(f"{key} resolves outside {self.url} (a symbolic link); refusing to delete there")
         with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
+            path.unlink()  # a link is removed itself, never what it points to
 
     def check(self, *, for_writing: bool = True) -> None:
         if not for_writing:
@@ -116,11 +198,22 @@ class LocalStorage(Storage):
         probe = self.root
         while not probe.exists():
             probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK):
+        problem = "not a directory" if not probe.is_dir() else _cannot_create_in(probe)
+        if problem is not None:
             raise StorageUnavailableError(
-                f"results directory {self.root} is not writable (nearest existing parent: {probe}); "
+                f"results directory {self.root} is not writable (nearest existing parent: {probe}: {problem}); "
                 "pass --results with a directory you can write to"
             )
+
+
+def _cannot_create_in(directory: Path) -> str | None:
+    """Why nothing can be created in `directory` (None: something can), found by trying (access() can't tell
+    for /proc, read-only mounts, ...); the probe directory is removed at once."""
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=directory, prefix=".tokenlens-probe-"))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _fsync_dir(directory: Path) -> None:

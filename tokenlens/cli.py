@@ -1,5 +1,10 @@
 """The `tokenlens` command. Each subcommand lives with the folder that owns its job and is imported
-only when used, so `tokenlens status` never pays for importing torch."""
+only when used, so `tokenlens status` never pays for importing torch.
+
+Errors are one line, never a traceback: a TokenLens, storage, configuration or OS error says what
+went wrong and what to do (exit 2); anything else is reported as an internal error (exit 1).
+`tokenlens --debug COMMAND` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -60,7 +65,8 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tokenlens")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error instead of one line.")
+def cli(verbose: int, debug: bool) -> None:
     """TokenLens: which input tokens made the model write each output token?
 
     \b
@@ -71,12 +77,22 @@ def cli(verbose: int) -> None:
       tokenlens worker --model M --gpu 0
       tokenlens status RUN_ID --watch
     """
-    level = logging.WARNING - 10 * verbose
+    global _debug
+    _debug = debug
+    level = logging.WARNING - 10 * (2 if debug else verbose)
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+#: Set by `tokenlens --debug`: errors show their traceback.
+_debug = False
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> Any:
-    """Console entry point: TokenLens errors print as one clear line, not a traceback."""
+    """Console entry point: every error prints as one clear line, not a traceback (unless --debug)."""
     try:
         return cli.main(args=argv, prog_name="tokenlens", standalone_mode=False)
     except click.exceptions.Abort:
@@ -87,16 +103,25 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except TokenLensError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(2)
     except Exception as exc:
+        if _debug:
+            raise
         from storage_backends import StorageError
 
-        if isinstance(exc, StorageError):
-            click.secho(f"error: {exc}", fg="red", err=True)
+        if isinstance(exc, TokenLensError | StorageError):
+            click.secho(f"error: {_one_line(exc)}", fg="red", err=True)
             sys.exit(2)
-        raise
+        if isinstance(exc, OSError):  # a file or network problem the user can fix: name it
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.secho(f"error: {exc.strerror or _one_line(exc)}{where}", fg="red", err=True)
+            sys.exit(2)
+        click.secho(
+            f"error: internal error {type(exc).__name__}: {_one_line(exc)} "
+            "(this is a bug; run again with `tokenlens --debug ...` for the traceback and report it)",
+            fg="red",
+            err=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

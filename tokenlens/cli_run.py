@@ -101,14 +101,15 @@ def run_command(
         dtype=dtype, batch_size=batch_size, result_format=result_format,
     )  # fmt: skip
     plan = plan_run(spec, prompts, mode="embedded")
-    plan.save_manifest()
     spec, records, storage = plan.spec, plan.records, plan.storage
     click.echo(f"run {spec.run_id}: {len(records)} prompts, {method} ({spec.resolved_engine} engine), model {model}")
     click.echo(f"loading {model} ...", err=True)
     from tokenlens.models import load_model
 
+    # The model loads before run.json is written: a model or device that fails leaves nothing behind.
     loaded = load_model(model, device=device, dtype=dtype)
     click.echo(f"loaded in {loaded.load_time_s:.1f}s on {loaded.device}", err=True)
+    plan.save_manifest()
     report = run_embedded(loaded, spec, records, storage=storage, max_attempts=settings.max_attempts)
     if show if show is not None else len(records) <= 10:
         for prompt_id in [r.id for r in records if r.id in report.results]:

@@ -38,6 +38,10 @@ DTYPE: Final = "float32"
 RESULTS_URL: Final = "./results"
 """Where results go without `--results` or TOKENLENS_RESULTS: a directory under the working directory."""
 
+METRICS_HOST: Final = "127.0.0.1"
+"""Where a worker's metrics server listens (`--metrics-host`): this host only. Deploy files whose probes or
+Prometheus reach the worker from elsewhere pass 0.0.0.0."""
+
 BROKER_URL: Final = "redis://localhost:6379/0"
 """The Redis broker without `--broker` or TOKENLENS_BROKER_URL: a Redis on this machine."""
 

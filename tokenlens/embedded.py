@@ -29,7 +29,7 @@ def run_embedded(
 ) -> BatchReport:
     """Attribute `records` in this process and store the results; a failing prompt is retried up to `max_attempts`.
 
-    `spec.batch_size` prompts go to the engine at once (default: the engine's own batch size).
+    `spec.batch_size` prompts go to the engine at once (default: the engine's own batch size); retries run alone.
     """
     from tqdm import tqdm
 
@@ -44,19 +44,23 @@ def run_embedded(
                 bar.update(1)
 
         pending = list(records)
+        round_size = size
         while pending:
             for record in pending:
                 attempts[record.id] = attempts.get(record.id, 0) + 1
             retry_ids: set[str] = set()
-            for task in build_batches(spec, pending, size):
+            for task in build_batches(spec, pending, round_size):
                 report = process_batch(
                     loaded, task, storage=storage, attempts=attempts, max_attempts=max_attempts,
-                    engine_batch_size=size, on_prompt_finished=settle,
+                    engine_batch_size=round_size, on_prompt_finished=settle,
                 )  # fmt: skip
                 retry_ids.update(report.retry)
                 report.retry = []  # retried below; only the final outcome counts
                 total.merge(report)
             pending = [r for r in pending if r.id in retry_ids]
+            # A prompt tried before runs alone, as on workers: its failure is then its own, and one that
+            # fails the same way every time is recorded at once (tokenlens.pipeline.DETERMINISTIC_ERRORS).
+            round_size = 1
     for prompt_id in total.done + total.skipped:
         total.reasons.pop(prompt_id, None)
     total.timings_s["total"] = time.perf_counter() - started

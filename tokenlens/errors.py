@@ -59,3 +59,7 @@ class ResultValidationError(TokenLensError):
 
 class RunNotFoundError(TokenLensError):
     """A run id with no run.json under the results URL."""
+
+
+class RunUnreadableError(TokenLensError):
+    """A run whose run.json exists but can't be read (corrupt, or written by something else)."""

@@ -75,7 +75,10 @@ def looks_like_alias(spec: str) -> bool:
 
 
 def check_model_spec(spec: str) -> None:
-    """Fail fast, before anything heavy, on an alias nobody defined."""
+    """Fail fast, before anything heavy, on an alias nobody defined.
+
+    A local path is checked where the model loads (`load_model`): workers may see paths a submitting host doesn't.
+    """
     if looks_like_alias(spec) and spec.lower() not in MODEL_ALIASES and spec.lower() == spec and "-" in spec:
         # Could still be a legacy hub id without an org (e.g. "gpt2"), so only
         # names that look like our aliases (lowercase, dashed) are rejected here.
@@ -95,6 +98,12 @@ def resolve_device(device: str) -> str:
     if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         if not torch.cuda.is_available():
             raise ModelLoadError(f"device {device!r} asked for, but no CUDA GPU is visible; use --device cpu")
+        count = torch.cuda.device_count()
+        if device != "cuda" and int(device[5:]) >= count:
+            raise ModelLoadError(
+                f"device {device!r} asked for, but this machine has {count} visible GPU(s) (cuda:0 to "
+                f"cuda:{count - 1}); pick one of them or use --device cuda"
+            )
         return device
     raise ModelLoadError(f"unknown device {device!r}; use one of {DEVICES_HELP}")
 

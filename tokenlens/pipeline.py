@@ -6,6 +6,7 @@ in-process; the Celery task in worker/ is a thin wrapper around it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from tokenlens.engine.registry import resolve_engine, validate_options
 from tokenlens.engine.types import AttributionOutput, PromptFailure, PromptInput
 from tokenlens.errors import TokenLensError
 from tokenlens.models import LoadedModel
+from tokenlens.progress import stored_result_state
 from tokenlens.results import RunStore
 from tokenlens.schema import (
     AnalysisData,
@@ -29,6 +31,37 @@ from tokenlens.schema import (
     TokenInfo,
 )
 from tokenlens.tokenization import prepare_prompt
+
+log = logging.getLogger(__name__)
+
+#: Exceptions that say the input or the options are wrong: the same prompt, attributed alone, fails the same way
+#: every time, so it becomes an error record at once instead of after every attempt.
+DETERMINISTIC_ERRORS = frozenset(
+    {
+        "ValueError",
+        "TypeError",
+        "KeyError",
+        "IndexError",
+        "NotImplementedError",
+        "AssertionError",
+        "UnknownMethodError",
+        "MethodOptionError",
+        "GenerationOptionError",
+        "PromptTooLongError",
+    }
+)
+
+
+def result_done(store: RunStore, prompt_id: str) -> bool:
+    """Whether the prompt has a valid result; a corrupt one is removed, so the prompt is attributed again.
+
+    Only that file is replaced: the new result is then created in its place (create-only, as always).
+    """
+    state = stored_result_state(store, prompt_id)
+    if state == "corrupt":
+        log.warning("run %s: the result of %s is corrupt; attributing it again", store.run_id, prompt_id)
+        store.delete_result(prompt_id)
+    return state == "done"
 
 
 def engine_batch_size_for(engine: str) -> int:
@@ -89,6 +122,7 @@ def run_engine(
 
         return attribute_inseq(loaded, prompts, method, options, generation_params)
     except Exception as exc:  # isolate: the caller decides about retries per prompt
+        # An engine-wide crash on several prompts says nothing about each: they are retried, each alone.
         return [PromptFailure(p.prompt_id, type(exc).__name__, str(exc)) for p in prompts]
 
 
@@ -204,8 +238,6 @@ def process_batch(
     started = time.perf_counter()
     report = BatchReport()
     store = RunStore(storage or open_storage(task.results_url), task.run_id)
-    engine = resolve_engine(task.method, task.engine)
-    options = validate_options(task.method, task.method_params)
     generation_params = {k: v for k, v in task.generation_params.items() if k != "max_new_tokens"}
     attempts = attempts or {}
     notify = on_prompt_finished or (lambda _pid, _outcome: None)
@@ -232,12 +264,24 @@ def process_batch(
             report.retry.append(prompt_id)
             notify(prompt_id, "retry")
 
-    prepared: list[PromptInput] = []
+    todo = []
     for record in task.prompts:
-        if store.has_result(record.id):
+        if result_done(store, record.id):
             report.skipped.append(record.id)
             notify(record.id, "skipped")
-            continue
+        else:
+            todo.append(record)
+    try:
+        engine = resolve_engine(task.method, task.engine)
+        options = validate_options(task.method, task.method_params)
+    except TokenLensError as exc:  # an unknown method or options that don't fit: no attempt can succeed
+        for record in todo:
+            fail(record.id, type(exc).__name__, str(exc), permanent=True)
+        report.timings_s["total"] = time.perf_counter() - started
+        return report
+
+    prepared: list[PromptInput] = []
+    for record in todo:
         try:
             prepared.append(
                 prepare_prompt(loaded, record, chat_template=task.chat_template, max_new_tokens=task.max_new_tokens)
@@ -258,7 +302,9 @@ def process_batch(
         by_id = {prompt.prompt_id: prompt for prompt in group}
         for outcome in outcomes:
             if isinstance(outcome, PromptFailure):
-                fail(outcome.prompt_id, outcome.error_type, outcome.message, outcome.permanent)
+                alone = len(group) == 1
+                deterministic = alone and outcome.error_type in DETERMINISTIC_ERRORS
+                fail(outcome.prompt_id, outcome.error_type, outcome.message, outcome.permanent or deterministic)
                 continue
             prompt = by_id[outcome.prompt_id]
             record = records[outcome.prompt_id]

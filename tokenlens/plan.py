@@ -19,7 +19,7 @@ from tokenlens.results import RunStore
 from tokenlens.schema import RunManifest
 from tokenlens.spec import RunSpec
 
-#: What makes a resumed run the same run (besides its prompt set).
+#: What makes a resumed run the same run (besides its prompt set): everything that changes its numbers or files.
 RESUME_IDENTITY = (
     "model",
     "method",
@@ -30,6 +30,8 @@ RESUME_IDENTITY = (
     "dtype",
     "result_format",
 )
+#: Identity fields that may be unknown (None): `submit` leaves the dtype to its workers' `--dtype`.
+OPTIONAL_IDENTITY = ("dtype",)
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,16 @@ class RunPlan:
 def identity_mismatch(previous: RunManifest, manifest: RunManifest) -> str | None:
     """How `manifest` differs from the existing run's `previous` in what makes a run's numbers; None if it doesn't."""
     for name in RESUME_IDENTITY:
-        if getattr(previous, name) != getattr(manifest, name):
-            return f"{name}={getattr(previous, name)!r}, not {getattr(manifest, name)!r}"
+        before, now = getattr(previous, name), getattr(manifest, name)
+        if name in OPTIONAL_IDENTITY and (before is None or now is None):
+            continue
+        if before != now:
+            return f"{name}={before!r}, not {now!r}"
     return None
 
 
 def check_resumable(previous: RunManifest, manifest: RunManifest) -> None:
-    """A resumed run must be the same run: same prompts, model, method and settings."""
+    """A resumed run must be the same run: same prompts, model, method and settings (dtype included)."""
     mismatch = identity_mismatch(previous, manifest)
     if mismatch is not None:
         raise TokenLensError(

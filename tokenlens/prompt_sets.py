@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tokenlens.batch import SAFE_ID_HELP, PromptRecord, is_safe_id
+from pydantic import ValidationError
+
+from tokenlens.batch import SAFE_ID_HELP, PromptRecord, describe_validation_error, is_safe_id
 from tokenlens.errors import PromptSetError
 
 FORMATS = ("jsonl", "csv", "txt")
@@ -81,19 +83,57 @@ def _jsonl_rows(name: str, text: str) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _csv_rows(name: str, text: str) -> list[tuple[int, dict[str, Any]]]:
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "prompt" not in reader.fieldnames:
-        raise PromptSetError(name, 1, "the CSV header needs a 'prompt' column (optional: id, target, max_new_tokens)")
-    rows = []
-    for row in reader:
-        values = {k: v for k, v in row.items() if k in JSONL_FIELDS and v not in (None, "")}
+    """Rows of a CSV read strictly: a bad quote or a row with the wrong number of fields names its line."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[tuple[int, dict[str, Any]]] = []
+    header: list[str] | None = None
+    while True:
+        start = reader.line_num + 1  # the physical line the next row starts on
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            problem = "a quoted field is never closed" if "end of data" in str(exc) else f"malformed CSV ({exc})"
+            raise PromptSetError(name, start, f'{problem}; quote fields with " and double a " inside one') from None
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # a blank line
+        if header is None:
+            header = [column.strip() for column in row]
+            _check_csv_header(name, start, header)
+            continue
+        if len(row) != len(header):
+            raise PromptSetError(
+                name,
+                start,
+                f"{len(row)} fields, but the header has {len(header)} ({', '.join(header)}); "
+                "quote a field that contains a comma",
+            )
+        values: dict[str, Any] = {k: v for k, v in zip(header, row, strict=True) if v != ""}
         if "max_new_tokens" in values:
             try:
                 values["max_new_tokens"] = int(values["max_new_tokens"])
             except ValueError:
-                raise PromptSetError(name, reader.line_num, "max_new_tokens must be an integer") from None
-        rows.append((reader.line_num, values))
+                raise PromptSetError(name, start, "max_new_tokens must be an integer") from None
+        rows.append((start, values))
+    if header is None:
+        raise PromptSetError(name, None, "no prompts found; the file is empty")
     return rows
+
+
+def _check_csv_header(name: str, line: int, header: list[str]) -> None:
+    if "prompt" not in header:
+        raise PromptSetError(
+            name, line, "the CSV header needs a 'prompt' column (optional: id, target, max_new_tokens)"
+        )
+    unknown = sorted(set(header) - JSONL_FIELDS)
+    if unknown:
+        raise PromptSetError(
+            name, line, f"unknown column(s) {', '.join(unknown)}; allowed: {', '.join(sorted(JSONL_FIELDS))}"
+        )
+    duplicated = sorted({column for column in header if header.count(column) > 1})
+    if duplicated:
+        raise PromptSetError(name, line, f"column(s) {', '.join(duplicated)} appear more than once in the header")
 
 
 def _records(name: str, rows: list[tuple[int, dict[str, Any]]]) -> list[PromptRecord]:
@@ -120,5 +160,8 @@ def _records(name: str, rows: list[tuple[int, dict[str, Any]]]) -> list[PromptRe
         max_new = obj.get("max_new_tokens")
         if max_new is not None and (isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1):
             raise PromptSetError(name, line, f"'max_new_tokens' must be a positive integer, got {max_new!r}")
-        records.append(PromptRecord(id=prompt_id, prompt=prompt, target=target, max_new_tokens=max_new))
+        try:
+            records.append(PromptRecord(id=prompt_id, prompt=prompt, target=target, max_new_tokens=max_new))
+        except ValidationError as exc:  # a bound of the batch format (a prompt too long, too many tokens)
+            raise PromptSetError(name, line, describe_validation_error(exc)) from None
     return records

@@ -8,6 +8,8 @@ Everything a run keeps in Redis is named here, once (like rq's key templates):
     tokenlens:run:<run_id>:in_flight    hash: batch id -> prompts, for batches a worker has taken
     tokenlens:run:<run_id>:attempts     hash: prompt id -> tries started (survives worker crashes)
     tokenlens:run:<run_id>:cancelled    string: set by `tokenlens cancel`; workers drop the run's batches
+    tokenlens:run:<run_id>:dead_letters list: the run's latest messages a worker refused (newest first)
+    tokenlens:dead_letters              list: every refused message, newest first (tokenlens.dead_letters)
 
 A batch is in exactly one of `queued` / `in_flight` at a time, keyed by its id, so
 a batch redelivered after a crash moves again without double counting.
@@ -33,14 +35,15 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from tokenlens.batch import BatchTask
+from tokenlens.broker_url import check_broker_url, redact_url
 from tokenlens.errors import TokenLensError
+from tokenlens.signing import sign_batch
 
 #: The Celery task name every batch message carries (worker/tasks.py registers it).
 TASK_NAME = "tokenlens.attribute_batch"
@@ -48,6 +51,10 @@ TASK_NAME = "tokenlens.attribute_batch"
 RUN_HEADER = "tokenlens_run"
 QUEUE_PREFIX = "tokenlens."
 KEY_PREFIX = "tokenlens:run:"
+#: Every message a worker refused (undecodable, invalid, unsigned, for a results location it may not write).
+DEAD_LETTERS_KEY = "tokenlens:dead_letters"
+#: The message header carrying a batch's HMAC when TOKENLENS_QUEUE_KEY is set (tokenlens.signing).
+SIGNATURE_HEADER = "tokenlens_signature"
 #: Bookkeeping keys expire this long after the run's last activity; storage keeps the results forever.
 RUN_KEYS_TTL_S = 30 * 24 * 3600
 #: kombu's Redis transport keeps each delivered-but-unacked message's delivery time here (its default
@@ -55,7 +62,6 @@ RUN_KEYS_TTL_S = 30 * 24 * 3600
 UNACKED_INDEX_KEY = "unacked_index"
 #: Redis commands sent per pipeline round trip when enqueueing.
 PIPELINE_CHUNK = 1000
-BROKER_SCHEMES = ("redis", "rediss", "unix")
 
 
 class BrokerError(TokenLensError):
@@ -76,28 +82,13 @@ def queue_name(model: str) -> str:
     return QUEUE_PREFIX + slug
 
 
-def redact_url(url: str) -> str:
-    """A broker URL safe to print: the password replaced by ***."""
-    parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.rsplit("@", 1)[1]
-    user = parsed.username or ""
-    return urlunparse(parsed._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def connect_broker(url: str, *, check: bool = True, timeout_s: float = 5.0, patient: bool = False) -> redis.Redis:
     """A Redis client for the broker URL; with `check`, raise `BrokerError` unless it answers PING.
 
     A `patient` client (the worker's) retries a lost connection for about half a
     minute, so a Redis restart in the middle of a batch costs a pause, not the batch.
     """
-    scheme = urlparse(url).scheme.lower()
-    if scheme not in BROKER_SCHEMES:
-        raise BrokerError(
-            f"broker URL {redact_url(url)!r} is not a Redis URL; TokenLens queues on Redis "
-            "(redis://host:6379/0, rediss://... or unix:///path.sock): pass --broker or set TOKENLENS_BROKER_URL"
-        )
+    check_broker_url(url)  # a malformed URL is one clear line, not a silent db 0 or a traceback
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.2), 20) if patient else Retry(NoBackoff(), 1)
     client = redis.Redis.from_url(
         url,
@@ -122,16 +113,17 @@ def new_batch_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def build_message(task: BatchTask, batch_id: str, queue: str) -> str:
+def build_message(task: BatchTask, batch_id: str, queue: str, signing_key: str | None = None) -> str:
     """One batch as the JSON message Celery's Redis transport stores (protocol 2, JSON body, no pickle).
 
     This is what `app.send_task(TASK_NAME, args=[task], kwargs={"batch_id": ...}, queue=queue)`
     would push, built directly so that submit needs neither a Celery app nor one
-    round trip per batch.
+    round trip per batch. With `signing_key`, the batch's HMAC goes in the SIGNATURE_HEADER.
     """
     task_id = f"{task.run_id}:{batch_id}"
+    batch = task.model_dump(mode="json")
     body = [
-        [task.model_dump(mode="json")],
+        [batch],
         {"batch_id": batch_id},
         {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
     ]
@@ -158,6 +150,8 @@ def build_message(task: BatchTask, batch_id: str, queue: str) -> str:
         "stamps": {},
         RUN_HEADER: task.run_id,
     }
+    if signing_key is not None:
+        headers[SIGNATURE_HEADER] = sign_batch(signing_key, batch, batch_id)
     envelope = {
         "body": base64.b64encode(json.dumps(body).encode("utf-8")).decode("ascii"),
         "content-encoding": "utf-8",
@@ -228,8 +222,12 @@ class RunKeys:
     def cancelled(self) -> str:
         return f"{KEY_PREFIX}{self.run_id}:cancelled"
 
+    @property
+    def dead_letters(self) -> str:
+        return f"{KEY_PREFIX}{self.run_id}:dead_letters"
+
     def all(self) -> tuple[str, ...]:
-        return (self.info, self.queued, self.in_flight, self.attempts, self.cancelled)
+        return (self.info, self.queued, self.in_flight, self.attempts, self.cancelled, self.dead_letters)
 
 
 @dataclass(frozen=True)
@@ -258,10 +256,12 @@ def _sum_counts(values: Iterable[bytes]) -> int:
 class RunQueue:
     """One run's batches on its model's queue, and the bookkeeping that says where each batch is."""
 
-    def __init__(self, client: redis.Redis, run_id: str) -> None:
+    def __init__(self, client: redis.Redis, run_id: str, signing_key: str | None = None) -> None:
         self.client = client
         self.run_id = run_id
         self.keys = RunKeys(run_id)
+        #: TOKENLENS_QUEUE_KEY: every batch this queue pushes is signed with it (tokenlens.signing).
+        self.signing_key = signing_key
 
     # submit ------------------------------------------------------------------
     def register(self, fields: dict[str, Any]) -> None:
@@ -279,7 +279,7 @@ class RunQueue:
         pending = 0
         for task, batch_id in zip(tasks, ids, strict=True):
             # kombu's Redis transport pops with BRPOP, so LPUSH is the back of the line.
-            pipe.lpush(queue, build_message(task, batch_id, queue))
+            pipe.lpush(queue, build_message(task, batch_id, queue, self.signing_key))
             pipe.hset(self.keys.queued, batch_id, len(task.prompts))
             pending += 2
             if pending >= PIPELINE_CHUNK:

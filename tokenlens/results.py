@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from pydantic import ValidationError
+
 from storage_backends import AlreadyExistsError, NotFoundError, Storage
 from tokenlens import defaults
-from tokenlens.batch import PromptRecord, check_safe_id
-from tokenlens.errors import RunNotFoundError
+from tokenlens.batch import PromptRecord, check_safe_id, describe_validation_error
+from tokenlens.errors import RunNotFoundError, RunUnreadableError
 from tokenlens.result_codec import decode_result, encode_result
 from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest
 
@@ -51,7 +53,13 @@ class RunStore:
                 f"run {self.run_id!r} not found under {self.storage.url} (no {self.manifest_key()}); "
                 "`tokenlens runs --results URL` lists the runs there"
             ) from None
-        return RunManifest.model_validate_json(raw)
+        try:
+            return RunManifest.model_validate_json(raw)
+        except ValidationError as exc:  # truncated, edited, or not ours
+            raise RunUnreadableError(
+                f"run {self.run_id!r} has an unreadable {self.manifest_key()} under {self.storage.url} "
+                f"({describe_validation_error(exc, limit=1)}); restore it or start a new --run-id"
+            ) from None
 
     def exists(self) -> bool:
         return self.storage.exists(self.manifest_key())
@@ -96,7 +104,15 @@ class RunStore:
     def read_result(self, prompt_id: str) -> AnalysisResult:
         """The prompt's result, whatever format or revision it was written in (`ResultFormatError` if unreadable)."""
         key = self.key("results", prompt_id)
-        return decode_result(self.storage.get(key), source=f"{self.storage.url.rstrip('/')}/{key}")
+        return decode_result(self.read_result_bytes(prompt_id), source=f"{self.storage.url.rstrip('/')}/{key}")
+
+    def read_result_bytes(self, prompt_id: str) -> bytes:
+        """The stored result file as it is (`tokenlens.progress.result_problem` says whether it is valid)."""
+        return self.storage.get(self.key("results", prompt_id))
+
+    def delete_result(self, prompt_id: str) -> None:
+        """Remove a result, only ever a corrupt one: a valid result is never rewritten."""
+        self.storage.delete(self.key("results", prompt_id))
 
     def has_result(self, prompt_id: str) -> bool:
         return self.storage.exists(self.key("results", prompt_id))
@@ -120,9 +136,15 @@ class RunStore:
 
     # listing ----------------------------------------------------------------
     def ids(self, kind: str) -> set[str]:
+        return set(self.sizes(kind))
+
+    def sizes(self, kind: str) -> dict[str, int]:
+        """The prompt ids that have a file of `kind`, with each file's size in bytes."""
         prefix = f"{self.prefix}{kind}/"
         return {
-            info.key[len(prefix) : -len(".json")] for info in self.storage.list(prefix) if info.key.endswith(".json")
+            info.key[len(prefix) : -len(".json")]: info.size
+            for info in self.storage.list(prefix)
+            if info.key.endswith(".json")
         }
 
 

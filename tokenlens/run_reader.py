@@ -12,12 +12,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from storage_backends import NotFoundError, Storage
 from tokenlens.batch import check_safe_id
-from tokenlens.errors import RunNotFoundError, TokenLensError
-from tokenlens.progress import RunProgress, read_progress
+from tokenlens.errors import TokenLensError
+from tokenlens.progress import RunProgress, read_progress, result_problem
 from tokenlens.result_codec import ResultFormatError, read_metadata
 from tokenlens.results import RunStore, list_run_ids
 from tokenlens.schema import ErrorRecord, RunManifest
@@ -26,12 +26,12 @@ from tokenlens.schema import ErrorRecord, RunManifest
 READ_WORKERS = 8
 
 
-class RunUnreadableError(TokenLensError):
-    """A run whose run.json exists but can't be read (corrupt, or written by something else)."""
-
-
 class PromptNotInRunError(TokenLensError):
     """A prompt id that has neither a result nor an error record in the run."""
+
+
+class CorruptResultError(TokenLensError):
+    """A stored result file that is not a valid TokenLens result (truncated, not JSON, breaks the contract)."""
 
 
 def prompt_text_from_result(raw: bytes) -> str | None:
@@ -164,6 +164,8 @@ class RunReader:
         self.storage = storage
         self._texts: dict[tuple[str, str], str | None] = {}
         self._prompt_files_read: set[str] = set()
+        #: (run id, prompt id) of result files found corrupt when read; shown as corrupt from then on.
+        self._corrupt: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=READ_WORKERS, thread_name_prefix="tokenlens-read")
 
@@ -177,12 +179,7 @@ class RunReader:
     def manifest(self, run_id: str) -> RunManifest:
         """The run's run.json: `RunNotFoundError` if absent, `RunUnreadableError` if it can't be read."""
         store = self.store(run_id)
-        try:
-            return store.read_manifest()
-        except RunNotFoundError:
-            raise
-        except ValueError as exc:  # pydantic's ValidationError, a corrupt run.json
-            raise RunUnreadableError(f"run {run_id!r} has an unreadable run.json: {exc}") from None
+        return store.read_manifest()
 
     def summary(self, run_id: str) -> RunSummary | UnreadableRun:
         store = self.store(run_id)
@@ -190,7 +187,30 @@ class RunReader:
             manifest = store.read_manifest()
         except (TokenLensError, ValueError) as exc:
             return UnreadableRun(run_id=run_id, error=f"unreadable run.json: {exc}")
-        return RunSummary.of(read_progress(store, manifest))
+        return RunSummary.of(self.progress(run_id, manifest))
+
+    def progress(self, run_id: str, manifest: RunManifest) -> RunProgress:
+        """The run's progress (tokenlens.progress), with the results this reader found corrupt counted so."""
+        progress = read_progress(self.store(run_id), manifest)
+        with self._lock:
+            found = {pid for run, pid in self._corrupt if run == run_id} & progress.done_ids
+        if not found:
+            return progress
+        return replace(progress, done_ids=progress.done_ids - found, corrupt_ids=progress.corrupt_ids | found)
+
+    def result_bytes(self, run_id: str, prompt_id: str) -> bytes:
+        """A stored result, checked with `tokenlens.progress.result_problem`; `CorruptResultError` if it fails."""
+        store = self.store(run_id)
+        raw = store.read_result_bytes(check_safe_id("prompt id", prompt_id))
+        problem = result_problem(raw, run_id=run_id, prompt_id=prompt_id, source=store.key("results", prompt_id))
+        if problem is not None:
+            with self._lock:
+                self._corrupt.add((run_id, prompt_id))
+            raise CorruptResultError(
+                f"the result of prompt {prompt_id!r} in run {run_id!r} is corrupt: {problem}; resuming the run "
+                f"(tokenlens run/submit --run-id {run_id}) attributes it again"
+            )
+        return raw
 
     def runs(self) -> list[RunSummary | UnreadableRun]:
         """Every run under the root, newest first (the run a person just started and wants to watch)."""
@@ -249,7 +269,7 @@ class RunReader:
 
     def run_detail(self, run_id: str) -> RunDetail:
         manifest = self.manifest(run_id)
-        progress = read_progress(self.store(run_id), manifest)
+        progress = self.progress(run_id, manifest)
         done, failed = progress.done_ids, progress.failed_ids
         listed = list(dict.fromkeys(manifest.prompt_ids))
         texts = self.prompt_texts(run_id, done | set(listed))

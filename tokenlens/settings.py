@@ -16,6 +16,7 @@ from typing import Any
 
 from tokenlens import defaults
 from tokenlens.errors import ConfigError
+from tokenlens.signing import check_key
 
 #: The environment variables `Settings.from_env` reads, by the field each one sets.
 ENV_VARS: Mapping[str, str] = {
@@ -30,7 +31,10 @@ ENV_VARS: Mapping[str, str] = {
     "worker_device": "TOKENLENS_DEVICE",
     "worker_dtype": "TOKENLENS_DTYPE",
     "metrics_port": "TOKENLENS_METRICS_PORT",
+    "metrics_host": "TOKENLENS_METRICS_HOST",
+    "queue_key": "TOKENLENS_QUEUE_KEY",
     "test_crash_prompt_ids": "TOKENLENS_TEST_CRASH_PROMPT_IDS",
+    "test_kill_during_write": "TOKENLENS_TEST_KILL_DURING_WRITE",
 }
 
 
@@ -66,10 +70,18 @@ class Settings:
     worker_dtype: str = defaults.DTYPE
     #: Its Prometheus port (TOKENLENS_METRICS_PORT; unset: no metrics server).
     metrics_port: int | None = None
+    #: The address the metrics server listens on (`--metrics-host`, TOKENLENS_METRICS_HOST).
+    metrics_host: str = defaults.METRICS_HOST
+    #: The shared secret batches are signed with (TOKENLENS_QUEUE_KEY; tokenlens.signing). Never printed.
+    queue_key: str | None = field(default=None, repr=False)
     #: TEST-ONLY, never set in production: prompt ids on which a worker kills itself with SIGKILL, as a
     #: segfault or the kernel's OOM killer would (TOKENLENS_TEST_CRASH_PROMPT_IDS, comma-separated; see
     #: tests/integration/test_poison_prompts.py).
     test_crash_prompt_ids: frozenset[str] = frozenset()
+    #: TEST-ONLY, never set in production: the prompt id whose result write kills the worker with SIGKILL halfway
+    #: (its temp file written, not yet in place), once (TOKENLENS_TEST_KILL_DURING_WRITE; see
+    #: tests/integration/test_fault_injection.py).
+    test_kill_during_write: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -91,7 +103,10 @@ class Settings:
             worker_device=reader.text("worker_device") or defaults.DEVICE,
             worker_dtype=reader.text("worker_dtype") or defaults.DTYPE,
             metrics_port=reader.optional_integer("metrics_port", minimum=1, maximum=65535),
+            metrics_host=reader.text("metrics_host") or defaults.METRICS_HOST,
+            queue_key=reader.secret("queue_key"),
             test_crash_prompt_ids=frozenset(p for p in reader.text("test_crash_prompt_ids").split(",") if p),
+            test_kill_during_write=reader.text("test_kill_during_write") or None,
         )
         given = {name: value for name, value in overrides.items() if value is not None}
         unknown = sorted(set(given) - set(ENV_VARS))
@@ -108,6 +123,11 @@ class _EnvReader:
 
     def text(self, name: str) -> str:
         return self.environ.get(ENV_VARS[name], "").strip()
+
+    def secret(self, name: str) -> str | None:
+        """A secret's value (unset: None); its errors never show it."""
+        raw = self.environ.get(ENV_VARS[name], "").strip()  # a key file's trailing newline is not the key
+        return check_key(raw) if raw else None
 
     def path(self, name: str) -> Path | None:
         raw = self.text(name)

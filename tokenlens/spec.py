@@ -19,7 +19,14 @@ from types import MappingProxyType
 from typing import Any
 
 from tokenlens import defaults
-from tokenlens.batch import BatchTask, PromptRecord, check_safe_id
+from tokenlens.batch import (
+    MAX_BATCH_PROMPTS,
+    MAX_NEW_TOKENS_LIMIT,
+    BatchTask,
+    PromptRecord,
+    check_safe_id,
+    validate_generation_params,
+)
 from tokenlens.engine.registry import get_method, resolve_engine, validate_options
 from tokenlens.errors import TokenLensError
 from tokenlens.models import DTYPES, check_model_spec
@@ -71,14 +78,16 @@ class RunSpec:
         object.__setattr__(self, "resolved_engine", resolve_engine(self.method, self.engine))
         options = validate_options(self.method, dict(self.method_params))
         object.__setattr__(self, "method_params", MappingProxyType(options))
-        object.__setattr__(self, "generation_params", MappingProxyType(dict(self.generation_params)))
-        check_model_spec(self.model)
-        if self.max_new_tokens < 1:
-            raise TokenLensError(f"--max-new-tokens {self.max_new_tokens} must be at least 1")
         if "max_new_tokens" in self.generation_params:
             raise TokenLensError("pass max_new_tokens as its own setting, not inside generation_params")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise TokenLensError(f"--batch-size {self.batch_size} must be at least 1")
+        # The same allow-list the workers apply to every batch they take (tokenlens.batch).
+        generation = validate_generation_params(self.generation_params)
+        object.__setattr__(self, "generation_params", MappingProxyType(generation))
+        check_model_spec(self.model)
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise TokenLensError(f"--max-new-tokens {self.max_new_tokens} must be from 1 to {MAX_NEW_TOKENS_LIMIT}")
+        if self.batch_size is not None and not 1 <= self.batch_size <= MAX_BATCH_PROMPTS:
+            raise TokenLensError(f"--batch-size {self.batch_size} must be from 1 to {MAX_BATCH_PROMPTS}")
         check_format(self.result_format)
         if self.dtype is not None and self.dtype not in DTYPES:
             raise TokenLensError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}")

@@ -5,7 +5,9 @@ the counting rule of `tokenlens.progress`), so the UI sees exactly the storage l
 same done / failed / pending counts as `tokenlens status` and `tokenlens runs`; this module only turns them into
 JSON. Only GET and HEAD are answered. Run and prompt ids are checked with `tokenlens.batch.check_safe_id`, and
 request paths with `..`, encoded slashes, backslashes or NUL are refused before routing, so no request can name
-a key outside the results prefix. Responses carry the storage URL (which never holds credentials) and the
+a key outside the results prefix; a local results directory also refuses (403) and never lists a file or run
+directory that a symbolic link leads out of it. A result file is checked before it is served: a corrupt one is
+answered 422 and counted corrupt from then on. Responses carry the storage URL (which never holds credentials) and the
 stored files, nothing else about the server.
 
     GET /api/health                                  the results URL being served
@@ -34,13 +36,20 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from storage_backends import InvalidKeyError, NotFoundError, Storage, StorageError, StorageUnavailableError
+from storage_backends import (
+    InvalidKeyError,
+    NotFoundError,
+    OutsideRootError,
+    Storage,
+    StorageError,
+    StorageUnavailableError,
+)
 from tokenlens import __version__
 from tokenlens.batch import check_safe_id
-from tokenlens.errors import RunNotFoundError, TokenLensError
+from tokenlens.errors import RunNotFoundError, RunUnreadableError, TokenLensError
 from tokenlens.result_codec import ResultFormatError, as_plain_json
 from tokenlens.results import KINDS
-from tokenlens.run_reader import PromptNotInRunError, RunReader, RunUnreadableError
+from tokenlens.run_reader import CorruptResultError, PromptNotInRunError, RunReader
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +132,12 @@ def stored_file(request: Request) -> Response:
     prompt_id = check_safe_id("prompt id", request.path_params["prompt_id"])
     if kind not in KINDS:
         raise ApiError(404, f"no such file kind {kind!r}; one of {', '.join(KINDS)}")
-    store = _reader(request).store(run_id)
+    reader = _reader(request)
+    store = reader.store(run_id)
     key = store.key(kind, prompt_id)
     try:
-        body = store.storage.get(key)
+        # A result is checked before it is served: a corrupt one is answered 422 (and listed so from then on).
+        body = reader.result_bytes(run_id, prompt_id) if kind == "results" else store.storage.get(key)
     except NotFoundError:
         raise ApiError(404, f"run {run_id!r} has no {kind} file for prompt {prompt_id!r}") from None
     if kind == "results":
@@ -260,6 +271,8 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _storage_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, NotFoundError):
         return _error_response(404, str(exc))
+    if isinstance(exc, OutsideRootError):  # a symbolic link out of the results directory: never followed
+        return _error_response(403, "that file lies outside the results directory (a symbolic link); not served")
     if isinstance(exc, InvalidKeyError):
         return _error_response(400, str(exc))
     if isinstance(exc, StorageUnavailableError):
@@ -273,6 +286,8 @@ async def _tokenlens_error(request: Request, exc: Exception) -> Response:
         return _error_response(404, str(exc))
     if isinstance(exc, RunUnreadableError):
         return _error_response(500, str(exc))
+    if isinstance(exc, CorruptResultError):
+        return _error_response(422, str(exc))
     return _error_response(400, str(exc))
 
 

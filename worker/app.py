@@ -35,6 +35,12 @@ batch starts no new sub-batch and hands the rest back; past twice it the worker
 is declared hung, stops heartbeating and exits non-zero, so its batch comes
 back elsewhere after the lease with an attempt charged.
 
+Hostile messages: anyone who can write to the broker can push anything onto a
+queue, so `broker_transport` and `worker_consumer` are TokenLens's guarded
+versions of kombu's and Celery's (worker/message_guard.py): a message that is
+not a valid batch this worker may run goes to the dead-letter list instead of
+stopping the worker.
+
 Shutdown: SIGTERM starts Celery's warm shutdown. The running batch finishes the
 engine sub-batch it is in, hands its unstarted prompts back to the queue (no
 attempt charged), is acknowledged, and the worker exits: tokenlens.defaults.SHUTDOWN_GRACE_S.
@@ -43,7 +49,9 @@ attempt charged), is acknowledged, and the worker exits: tokenlens.defaults.SHUT
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
+from urllib.parse import urlparse
 
 from celery import Celery, signals
 from kombu.entity import Queue
@@ -62,6 +70,9 @@ def configure(app: Celery, settings: Settings, model: str | None = None) -> None
     lease = LeaseTiming.from_lease(float(settings.lease_timeout_s))
     app.conf.update(
         broker_url=settings.broker_url,
+        # Every message passes TokenLens's door before Celery sees it (worker/message_guard.py).
+        broker_transport="worker.message_guard:GuardedRedisTransport",
+        worker_consumer="worker.message_guard:GuardedConsumer",
         # JSON only: task messages are data (ids, texts, settings), never pickles a broker user could forge.
         task_serializer="json",
         accept_content=["json"],
@@ -107,6 +118,13 @@ def configure(app: Celery, settings: Settings, model: str | None = None) -> None
         task_time_limit=None,
         task_soft_time_limit=None,
     )
+    try:
+        broker = urlparse(settings.broker_url)
+    except ValueError:  # refused with a clear message where the worker connects (tokenlens.broker_url)
+        broker = urlparse("")
+    if broker.scheme == "rediss" and "ssl_cert_reqs" not in broker.query:
+        # kombu alone would fall back to an unverified TLS connection; verify the server like redis-py does.
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     if model:
         queue = queue_name(model)
         # Consume only this model's queue. The default exchange routes by queue name, as submit publishes.

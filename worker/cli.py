@@ -14,6 +14,7 @@ import click
 
 from tokenlens import defaults
 from tokenlens.cli_options import broker_option, device_option, dtype_option, model_option
+from tokenlens.defaults import METRICS_HOST
 from tokenlens.settings import Settings
 from worker.lease import SHUTDOWN_GRACE_S
 
@@ -23,8 +24,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 WORKER_HELP = f"""Attribute the batches queued for MODEL until stopped.
 
 The worker loads the model once, consumes only that model's queue
-(tokenlens.<model>), and writes results to each batch's results URL. A model
-that can't load stops the worker before it takes any batch.
+(tokenlens.<model>), and writes each batch's results to its results URL, which
+must be one of the --results locations (or beneath one). A batch for anywhere
+else, a message that is not a valid batch, or (with TOKENLENS_QUEUE_KEY set) an
+unsigned one is refused to the dead-letter list. A model that can't load stops
+the worker before it takes any batch.
 
 \b
 Stopping: SIGTERM finishes the engine sub-batch in progress, hands the rest of
@@ -35,7 +39,8 @@ comes back after TOKENLENS_LEASE_TIMEOUT seconds.
 \b
 Examples:
   tokenlens worker --model smollm2-135m-instruct
-  tokenlens worker --model Qwen/Qwen2.5-7B-Instruct --gpu 1 --broker redis://queue:6379/0 --metrics-port 9801
+  tokenlens worker --model Qwen/Qwen2.5-7B-Instruct --gpu 1 --broker redis://queue:6379/0 \\
+      --results s3://bucket/tokenlens --metrics-port 9801
 """
 
 
@@ -50,7 +55,21 @@ Examples:
     show_default=True,
     help="Batches at once; TokenLens runs one per process (start one worker per GPU for more).",
 )
-@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics and /healthz on this port.")
+@click.option(
+    "--results",
+    "results_urls",
+    metavar="URL",
+    multiple=True,
+    help="A results location this worker may write to (repeatable; default: $TOKENLENS_RESULTS, else ./results).",
+)
+@click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus /metrics and /healthz on this port."
+)
+@click.option(
+    "--metrics-host",
+    metavar="ADDRESS",
+    help=f"Address the metrics server listens on (default: $TOKENLENS_METRICS_HOST, else {METRICS_HOST}).",
+)
 @device_option(None, "auto|cpu|cuda (default: cuda with --gpu, else auto).")
 @dtype_option()
 @click.option("--hostname", help="Celery node name (default: tokenlens-<pid>@<host>).")
@@ -60,7 +79,9 @@ def worker_command(
     gpu: int | None,
     broker_url: str | None,
     concurrency: int,
+    results_urls: tuple[str, ...],
     metrics_port: int | None,
+    metrics_host: str | None,
     device: str | None,
     dtype: str,
     hostname: str | None,
@@ -80,15 +101,22 @@ def worker_command(
     pin_gpu(gpu)
     # The `tokenlens` group configured logging at WARNING; model loading should show at --loglevel too.
     logging.getLogger().setLevel(loglevel.upper())
-    settings = Settings.from_env(broker_url=broker_url)
+    settings = Settings.from_env(broker_url=broker_url, metrics_host=metrics_host)
 
-    from tokenlens.queue import queue_name, redact_url
+    from tokenlens.broker_url import check_broker_url, redact_url
+    from tokenlens.locations import ResultsLocations
+    from tokenlens.queue import queue_name
+
+    check_broker_url(settings.broker_url)
+    locations = ResultsLocations(results_urls or [settings.results_url])
     from worker.app import app, configure
     from worker.runtime import start_runtime
 
     configure(app, settings, model)
     queue = queue_name(model)
     click.echo(f"worker for {model} on queue {queue}, broker {redact_url(settings.broker_url)}", err=True)
+    signed = "signed batches only (TOKENLENS_QUEUE_KEY)" if settings.queue_key else "unsigned batches accepted"
+    click.echo(f"writing only to {locations.describe()}; {signed}", err=True)
     # Load before consuming: a model that can't load raises here and no batch is ever taken.
     start_runtime(
         model,
@@ -96,6 +124,7 @@ def worker_command(
         dtype=dtype,
         settings=settings,
         metrics_port=metrics_port,
+        results_urls=results_urls,
     )
     node = hostname or f"tokenlens-{os.getpid()}@{socket.gethostname()}"
     click.echo(f"consuming {queue}; SIGTERM stops within {SHUTDOWN_GRACE_S}s", err=True)

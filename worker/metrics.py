@@ -24,6 +24,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from tokenlens import defaults
+from tokenlens.dead_letters import KINDS as DEAD_LETTER_KINDS
+
 log = logging.getLogger(__name__)
 
 #: Prometheus metrics a worker exposes on --metrics-port.
@@ -35,6 +38,7 @@ METRIC_NAMES = (
     "tokenlens_batch_latency_seconds",
     "tokenlens_gpu_memory_bytes",
     "tokenlens_model_load_seconds",
+    "tokenlens_dead_letters_total",
 )
 
 #: Batch latencies from a tiny model on CPU (sub-second) to long generations on big ones (an hour).
@@ -77,6 +81,15 @@ class WorkerMetrics:
         self.model_load = Gauge(
             "tokenlens_model_load_seconds", "Seconds the worker took to load its model.", registry=self.registry
         )
+        # Labelled by tokenlens.dead_letters.KINDS: a handful of values, never anything from the message.
+        self.dead_letters = Counter(
+            "tokenlens_dead_letters",
+            "Messages this worker refused to the dead-letter list, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for kind in DEAD_LETTER_KINDS:  # every series from the start, at 0, so rate() and alerts see them
+            self.dead_letters.labels(reason=kind)
         self.ready = threading.Event()
 
     def observe_batch(self, *, done: int, failed: int, tokens: int, elapsed_s: float, gpu_memory_bytes: int) -> None:
@@ -91,8 +104,8 @@ class WorkerMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-        """Serve /metrics and /healthz on `port` from a daemon thread."""
+    def serve(self, port: int, host: str = defaults.METRICS_HOST) -> ThreadingHTTPServer:
+        """Serve /metrics and /healthz on `host`:`port` from a daemon thread (loopback unless told otherwise)."""
         server = ThreadingHTTPServer((host, port), _handler_for(self))
         server.daemon_threads = True
         thread = threading.Thread(target=server.serve_forever, name="tokenlens-metrics", daemon=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ import redis
 from storage_backends import Storage, open_storage
 from tokenlens import defaults
 from tokenlens.errors import TokenLensError
+from tokenlens.locations import ResultsLocations
+from tokenlens.message_check import DoorPolicy
 from tokenlens.queue import connect_broker, queue_name
 from tokenlens.settings import Settings
 from worker.lease import LeaseTiming
@@ -52,13 +55,22 @@ class WorkerRuntime:
     lease: LeaseTiming
     batch_time_limit_s: float
     broker: redis.Redis
+    #: Where this worker may write (`--results`, else TOKENLENS_RESULTS): batches for anywhere else are refused.
+    locations: ResultsLocations
     metrics: WorkerMetrics | None = None
     #: Set on SIGTERM (Celery's warm shutdown): the running batch hands back what it hasn't started.
     stop_requested: threading.Event = field(default_factory=threading.Event)
     _storages: dict[str, Storage] = field(default_factory=dict)
 
+    @property
+    def door_policy(self) -> DoorPolicy:
+        """What the worker's door accepts (worker/message_guard.py): its locations, and its queue key if set."""
+        return DoorPolicy(locations=self.locations, signing_key=self.settings.queue_key)
+
     def storage_for(self, url: str) -> Storage:
-        """One storage client per results URL, reused across batches."""
+        """One storage client per results URL, reused across batches; only for this worker's results locations."""
+        if not self.locations.allows(url):
+            raise TokenLensError(f"results URL {url!r} is not among this worker's results locations")
         if url not in self._storages:
             self._storages[url] = open_storage(url)
         return self._storages[url]
@@ -83,19 +95,24 @@ def start_runtime(
     dtype: str = defaults.DTYPE,
     settings: Settings | None = None,
     metrics_port: int | None = None,
+    results_urls: Sequence[str] = (),
 ) -> WorkerRuntime:
-    """Load the model once and make this process a worker for its queue; raises if the model can't load."""
+    """Load the model once and make this process a worker for its queue; raises if the model can't load.
+
+    `results_urls` are where it may write (default: `settings.results_url`, from TOKENLENS_RESULTS).
+    """
     global _current
     from tokenlens.models import check_model_spec, load_model
 
     settings = settings or Settings.from_env()
     lease = LeaseTiming.from_lease(float(settings.lease_timeout_s))
     check_model_spec(model)
+    locations = ResultsLocations(results_urls or [settings.results_url])
     broker = connect_broker(settings.broker_url, check=False, patient=True)
     metrics = WorkerMetrics() if metrics_port is not None else None
     if metrics is not None and metrics_port is not None:
         # Up before the model loads, so /healthz says "not ready" instead of refusing connections.
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, host=settings.metrics_host)
     log.info("loading model %s (device %s, %s)", model, device, dtype)
     loaded = load_model(model, device=device, dtype=dtype)
     log.info("loaded %s on %s in %.1fs", model, loaded.device, loaded.load_time_s)
@@ -109,8 +126,14 @@ def start_runtime(
         lease=lease,
         batch_time_limit_s=settings.batch_time_limit_s,
         broker=broker,
+        locations=locations,
         metrics=metrics,
     )
+    log.info("writing only to %s", locations.describe())
+    if settings.test_kill_during_write:
+        from worker.tasks import install_test_kill_during_write
+
+        install_test_kill_during_write(settings.test_kill_during_write)
     return _current
 
 

@@ -19,16 +19,20 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.exceptions import Reject
+from pydantic import ValidationError
 
-from tokenlens.batch import BatchTask, PromptRecord
+from tokenlens.batch import BatchTask, PromptRecord, describe_validation_error
+from tokenlens.message_check import Refusal
 from tokenlens.queue import TASK_NAME, UNACKED_INDEX_KEY, RunQueue, queue_name
 from tokenlens.results import RunStore
 from tokenlens.schema import ErrorRecord
 from worker.app import app
+from worker.message_guard import record_refusal
 from worker.runtime import WorkerRuntime, current_runtime, gpu_peak_memory_bytes
 
 if TYPE_CHECKING:
@@ -47,6 +51,23 @@ def _crash_if_test_poison(rt: WorkerRuntime, prompts: list[PromptRecord]) -> Non
     if rt.settings.test_crash_prompt_ids & {p.id for p in prompts}:
         log.critical("killing this worker on a test poison prompt (TOKENLENS_TEST_CRASH_PROMPT_IDS)")
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install_test_kill_during_write(victim: str) -> None:
+    """TEST-ONLY (`Settings.test_kill_during_write`, unset in production): SIGKILL this worker in the middle of
+    writing `victim`'s result, where local storage has written and synced its temp file but not yet linked it in
+    place; once (not again while that temp file is left over), so the restarted worker finishes the run."""
+    real_link = os.link
+
+    def link_or_die(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        target = Path(os.fsdecode(dst))
+        leftover = list(target.parent.glob(f".{target.name}.*.tmp"))
+        if target.name == f"{victim}.json" and target.parent.name == "results" and leftover == [Path(os.fsdecode(src))]:
+            log.critical("killing this worker while it writes %s (TOKENLENS_TEST_KILL_DURING_WRITE)", target)
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_link(src, dst, *args, **kwargs)
+
+    os.link = link_or_die
 
 
 class LeaseHeartbeat:
@@ -125,11 +146,19 @@ def attribute_batch(self: Task, task: dict[str, Any], batch_id: str) -> dict[str
     lost worker), so nothing but `Reject(requeue=True)` may leave this function.
     """
     rt = current_runtime()
+    # The consumer checked the message already (worker/message_guard.py); checked again here, for any
+    # other way a call could arrive. A refused batch is acknowledged by returning.
+    run_hint = task.get("run_id") if isinstance(task, dict) else None
     try:
         batch = BatchTask.model_validate(task)
-    except ValueError as exc:  # not a TokenLens batch: retrying can't help
-        log.error("dropping batch %s: not a valid TokenLens batch (%s)", batch_id, exc)
-        return {"invalid": str(exc)}
+    except ValidationError as exc:
+        refusal = Refusal("invalid_batch", f"not a valid batch: {describe_validation_error(exc)}", run_hint, batch_id)
+        record_refusal(rt, refusal, queue=rt.queue, raw=repr(task))
+        return {"refused": refusal.reason}
+    if not rt.locations.allows(batch.results_url):
+        reason = f"results URL {batch.results_url!r} is not among this worker's results locations"
+        record_refusal(rt, Refusal("results_location", reason, batch.run_id, batch_id), queue=rt.queue, raw="")
+        return {"refused": reason}
     delivery_tag = (self.request.properties or {}).get("delivery_tag")
     try:
         if not delivery_tag:  # called directly, not from a queue: no lease to keep
@@ -150,7 +179,8 @@ def attribute_batch(self: Task, task: dict[str, Any], batch_id: str) -> dict[str
 
 def run_batch(rt: WorkerRuntime, batch: BatchTask, batch_id: str) -> dict[str, Any]:
     """Everything one delivery of a batch does; the return value shows in Flower's task result."""
-    run_queue = RunQueue(rt.broker, batch.run_id)
+    # Batches this worker queues (re-routed, handed back) are signed like the producer's.
+    run_queue = RunQueue(rt.broker, batch.run_id, signing_key=rt.settings.queue_key)
     if run_queue.is_cancelled():
         run_queue.mark_finished(batch_id)
         log.info("batch %s of run %s dropped: the run was cancelled", batch_id, batch.run_id)
@@ -196,7 +226,7 @@ def run_batch(rt: WorkerRuntime, batch: BatchTask, batch_id: str) -> dict[str, A
 
 
 def _attribute(rt: WorkerRuntime, batch: BatchTask, run_queue: RunQueue) -> tuple[BatchReport, StopCheck]:
-    from tokenlens.pipeline import BatchReport, process_batch
+    from tokenlens.pipeline import BatchReport, process_batch, result_done
 
     storage = rt.storage_for(batch.results_url)
     store = RunStore(storage, batch.run_id)
@@ -207,7 +237,8 @@ def _attribute(rt: WorkerRuntime, batch: BatchTask, run_queue: RunQueue) -> tupl
     # A prompt with a result or an error record has its outcome for this submission (resubmit clears errors).
     todo: list[PromptRecord] = []
     for record in batch.prompts:
-        if store.has_result(record.id) or storage.exists(store.key("errors", record.id)):
+        # A corrupt result is removed here (result_done), so the prompt is attributed again.
+        if result_done(store, record.id) or storage.exists(store.key("errors", record.id)):
             outcome.skipped.append(record.id)
         else:
             todo.append(record)

@@ -26,7 +26,7 @@ from tests.deploy.deploy_files import (
 )
 from worker.lease import SHUTDOWN_GRACE_S
 
-CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "TOKENLENS_QUEUE_KEY")
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_credentials_only_come_from_the_env_file(config: dict[str, Any]) -> None
     # The example names every credential but sets none of them.
     example = read_env_file(ENV_EXAMPLE)
     text = ENV_EXAMPLE.read_text(encoding="utf-8")
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "TOKENLENS_QUEUE_KEY"):
         assert key not in example and f"# {key}=" in text
 
 

@@ -30,7 +30,7 @@ from tests.deploy.deploy_files import (
 from tokenlens.queue import queue_name
 from worker.lease import SHUTDOWN_GRACE_S
 
-CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN")
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "TOKENLENS_QUEUE_KEY")
 #: Applied on their own: they need CRDs (Prometheus Operator) that a bare cluster lacks.
 OPTIONAL_FILES = {"monitoring.yaml"}
 
@@ -240,4 +240,4 @@ def test_credentials_only_come_from_secret_references() -> None:
                     reference = entry["valueFrom"]["secretKeyRef"]
                     assert reference["name"] == "tokenlens-credentials" and reference["key"] == entry["name"]
                     seen.add(entry["name"])
-    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"} <= seen
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "TOKENLENS_QUEUE_KEY"} <= seen

@@ -139,12 +139,14 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
         wait: bool = True,
     ) -> WorkerProcess:
         name = name or f"worker{len(started)}"
+        # Workers write only to their results locations: by default the test's own `tmp_path / "results"`.
+        own_env = {"TOKENLENS_RESULTS": str(tmp_path / "results"), **(env or {})}
         if via_celery:
             argv = [CELERY, "-A", "worker.app", "worker", "--loglevel=INFO"]
-            environment = worker_env(TOKENLENS_MODEL=str(model), TOKENLENS_BROKER_URL=broker_url, **(env or {}))
+            environment = worker_env(TOKENLENS_MODEL=str(model), TOKENLENS_BROKER_URL=broker_url, **own_env)
         else:
             argv = [TOKENLENS, "worker", "--model", str(model), "--broker", broker_url, *extra_args]
-            environment = worker_env(**(env or {}))
+            environment = worker_env(**own_env)
         if restart_loop:
             # What systemd's Restart=always or a Kubernetes restart does for a worker that died.
             quoted = " ".join(f"'{a}'" for a in argv)
@@ -182,11 +184,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 12
     )
 
 
-def submit(prompts: Path, model: str | Path, results: Path, broker_url: str, run_id: str, *args: str) -> str:
-    """Submit with the CLI; returns its output. Fails the test if submit fails."""
+def submit(
+    prompts: Path,
+    model: str | Path,
+    results: Path,
+    broker_url: str,
+    run_id: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Submit with the CLI (`env` added to its environment); returns its output. Fails the test if submit fails."""
     proc = run_cli(
         "submit", str(prompts), "--model", str(model), "--results", str(results), "--broker", broker_url,
-        "--run-id", run_id, *args,
+        "--run-id", run_id, *args, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, f"submit failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout

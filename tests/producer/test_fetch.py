@@ -11,8 +11,8 @@ import pytest
 from producer.fetch import FileOutcome, fetch_run, plan_fetch
 from storage_backends import LocalStorage, Storage, open_storage
 from storage_backends.s3 import S3Storage
+from tests.cli_runner import run_tokenlens as run_cli
 from tests.fixtures.seaweedfs import WeedServer, apply_s3_env, free_ports
-from tokenlens.cli import main
 from tokenlens.errors import RunNotFoundError, TokenLensError
 from tokenlens.result_codec import decode_result
 from tokenlens.results import RunStore
@@ -160,16 +160,6 @@ def test_unwritable_destination_is_a_clear_error(local_results: LocalStorage, tm
 # the CLI -------------------------------------------------------------------------------------------
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_fetch_command_summary_and_resume(
     local_results: LocalStorage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -206,10 +196,10 @@ def test_runs_command_table_and_json(local_results: LocalStorage, capsys: pytest
     code, out, _ = run_cli(["runs", "--results", local_results.url], capsys)
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split() == ["RUN", "ID", "MODEL", "METHOD", "PROMPTS", "RESULTS", "ERRORS", "CREATED"]
+    assert header.split() == ["RUN", "ID", "MODEL", "METHOD", "PROMPTS", "RESULTS", "ERRORS", "CORRUPT", "CREATED"]
     by_id = {row.split()[0]: row.split() for row in rows}
-    assert by_id["run-a"][1:6] == ["model-a", "saliency", "4", "3", "1"]
-    assert by_id["run-b"][1:6] == ["model-b", "saliency", "1", "1", "0"]
+    assert by_id["run-a"][1:7] == ["model-a", "saliency", "4", "3", "1", "0"]
+    assert by_id["run-b"][1:7] == ["model-b", "saliency", "1", "1", "0", "0"]
 
     code, out, _ = run_cli(["runs", "--results", local_results.url, "--json"], capsys)
     listed = {row["run_id"]: row for row in json.loads(out)}

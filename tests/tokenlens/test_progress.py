@@ -42,7 +42,9 @@ def write_mixed_run(root: Path) -> RunStore:
 def test_the_rule() -> None:
     assert RunCounts(prompt_count=4, done=2, failed=1).pending == 1
     assert RunCounts(prompt_count=2, done=2, failed=1).pending == 0  # never negative
-    assert RunCounts(prompt_count=3, done=1, failed=1, corrupt=1).complete
+    # A corrupt result is no outcome to count as done, nor work a worker will do: it waits for a resume.
+    corrupt = RunCounts(prompt_count=3, done=1, failed=1, corrupt=1)
+    assert corrupt.pending == 0 and not corrupt.complete
 
 
 def test_status_runs_and_the_ui_agree_on_the_same_run(tmp_path: Path) -> None:

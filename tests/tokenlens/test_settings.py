@@ -42,7 +42,10 @@ def test_every_variable_sets_its_field_and_flags_win() -> None:
         "TOKENLENS_DEVICE": "cuda",
         "TOKENLENS_DTYPE": "bfloat16",
         "TOKENLENS_METRICS_PORT": "9801",
+        "TOKENLENS_METRICS_HOST": "0.0.0.0",
+        "TOKENLENS_QUEUE_KEY": "k" * 40 + "\n",
         "TOKENLENS_TEST_CRASH_PROMPT_IDS": "p1,,p2",
+        "TOKENLENS_TEST_KILL_DURING_WRITE": "p3",
     }
     assert set(env) == set(ENV_VARS.values())
     settings = Settings.from_env(env, broker_url="redis://flag:6379/0", results_url=None)
@@ -57,7 +60,11 @@ def test_every_variable_sets_its_field_and_flags_win() -> None:
         "bfloat16",
     )
     assert settings.metrics_port == 9801
+    assert settings.metrics_host == "0.0.0.0"
+    assert settings.queue_key == "k" * 40  # a key file's trailing newline is not part of the key
+    assert "k" * 40 not in repr(settings)  # a secret never shows in a repr (logs, tracebacks)
     assert settings.test_crash_prompt_ids == frozenset({"p1", "p2"})
+    assert settings.test_kill_during_write == "p3"
     assert Settings.from_env({"TOKENLENS_BATCH_TIME_LIMIT": "0"}).batch_time_limit_s == defaults.BATCH_TIME_LIMIT_S
 
 

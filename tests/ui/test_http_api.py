@@ -193,11 +193,12 @@ def test_compact_results_and_seed_files_are_served_as_plain_tokenlens_json(
     assert ui_accepts(from_seed)
 
 
-def test_an_unreadable_result_is_a_500_naming_the_file(client: TestClient, populated: Storage) -> None:
+def test_an_unreadable_result_is_reported_corrupt_naming_the_file(client: TestClient, populated: Storage) -> None:
     populated.put("runs/run-live/results/p2.json", b"\x1f\x8b not really gzip")
     response = client.get("/api/runs/run-live/results/p2")
-    assert response.status_code == 500
-    assert "runs/run-live/results/p2.json: not a TokenLens result file" in response.json()["error"]
+    assert response.status_code == 422  # corrupt: the file is there, it can't be read (a resume replaces it)
+    error = response.json()["error"]
+    assert "corrupt" in error and "runs/run-live/results/p2.json: not a TokenLens result file" in error
 
 
 def test_download_sets_an_attachment_file_name(client: TestClient) -> None:

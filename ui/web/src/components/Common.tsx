@@ -56,6 +56,7 @@ export function StatusBadge({ status }: { status: PromptStatus | "running" | "co
   const labels: Record<string, string> = {
     done: "done",
     failed: "failed",
+    corrupt: "corrupt: resume the run",
     pending: "pending",
     running: "in progress",
     complete: "complete",
@@ -64,7 +65,9 @@ export function StatusBadge({ status }: { status: PromptStatus | "running" | "co
   return <span className={`badge badge-${status}`}>{labels[status]}</span>;
 }
 
-export function runStatus(run: RunSummary): "running" | "complete" | "failures" {
+export function runStatus(run: RunSummary): "running" | "complete" | "failures" | "corrupt" {
+  // A corrupt result waits for a resume, not for a worker: say so rather than "in progress".
+  if (run.pending === 0 && run.corrupt > 0) return "corrupt";
   if (!run.complete) return "running";
   return run.failed > 0 ? "failures" : "complete";
 }

@@ -20,6 +20,8 @@ export interface RunSummary {
   prompt_count: number;
   done: number;
   failed: number;
+  /** Result files that don't parse or validate; resuming the run attributes them again. */
+  corrupt: number;
   pending: number;
   complete: boolean;
   /** Set, with nothing else but run_id, when the run's run.json can't be read. */
@@ -31,7 +33,7 @@ export interface RunsResponse {
   runs: RunSummary[];
 }
 
-export type PromptStatus = "done" | "failed" | "pending";
+export type PromptStatus = "done" | "failed" | "corrupt" | "pending";
 
 export interface PromptError {
   error_type: string;

@@ -8,7 +8,7 @@ import { usePolling } from "../lib/usePolling";
 import { LIVE_POLL_MS } from "./RunsPage";
 
 const PAGE_SIZE = 100;
-const FILTERS: ("all" | PromptStatus)[] = ["all", "done", "failed", "pending"];
+const FILTERS: ("all" | PromptStatus)[] = ["all", "done", "failed", "corrupt", "pending"];
 
 export function RunPage({ runId }: { runId: string }) {
   const { data, error, loading } = usePolling<RunDetail>(urls.run(runId), (fresh) =>
@@ -30,7 +30,7 @@ export function RunPage({ runId }: { runId: string }) {
   };
 
   const counts = useMemo(() => {
-    const c: Record<string, number> = { all: 0, done: 0, failed: 0, pending: 0 };
+    const c: Record<string, number> = { all: 0, done: 0, failed: 0, corrupt: 0, pending: 0 };
     for (const p of data?.prompts ?? []) {
       c.all++;
       c[p.status]++;

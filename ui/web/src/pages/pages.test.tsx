@@ -17,6 +17,7 @@ const summary = (patch: Partial<RunSummary>): RunSummary => ({
   prompt_count: 3,
   done: 3,
   failed: 0,
+  corrupt: 0,
   pending: 0,
   complete: true,
   ...patch,
@@ -95,6 +96,15 @@ describe("runs page", () => {
     expect(calls.filter((c) => c === "/api/runs").length).toBeGreaterThanOrEqual(2);
   });
 
+  it("says a run with a corrupt result needs a resume, not more waiting", async () => {
+    routes["/api/runs"] = () =>
+      jsonResponse({ results_url: "/r", runs: [summary({ done: 2, corrupt: 1, pending: 0, complete: false })] });
+    goTo("/");
+    render(<App />);
+    expect(await screen.findByText("corrupt: resume the run")).toBeTruthy();
+    expect(screen.queryByText("in progress")).toBeNull();
+  });
+
   it("says how to make a run when there is none", async () => {
     routes["/api/runs"] = () => jsonResponse({ results_url: "/empty", runs: [] });
     goTo("/");
@@ -127,6 +137,20 @@ describe("run page", () => {
     fireEvent.click(within(screen.getByRole("group", { name: /filter by status/i })).getByRole("button", { name: /Failed/ }));
     expect(rows().map((r) => r.getAttribute("data-prompt"))).toEqual(["p2"]);
     expect(window.location.search).toBe("?status=failed");
+  });
+
+  it("lists a corrupt result under its own filter", async () => {
+    routes["/api/runs/run-a"] = () =>
+      jsonResponse({
+        ...detail,
+        prompts: [...detail.prompts, { prompt_id: "p4", status: "corrupt", prompt: "Cut off", error: null }],
+      });
+    goTo("/runs/run-a?status=corrupt");
+    render(<App />);
+    await screen.findByText("Cut off");
+    const rows = screen.getAllByRole("row").slice(1);
+    expect(rows.map((r) => r.getAttribute("data-status"))).toEqual(["corrupt"]);
+    expect(within(rows[0]).getByText("corrupt: resume the run")).toBeTruthy();
   });
 
   it("reports an unknown run with the server's message", async () => {
