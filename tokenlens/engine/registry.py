@@ -9,9 +9,10 @@ would have worked.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from tokenlens.engine.methods import NATIVE_METHODS
+from tokenlens.engine.options import N_STEPS, MethodSpec, option_table
 from tokenlens.errors import MethodOptionError, UnknownMethodError
 
 ENGINES = ("auto", "native", "inseq")
@@ -38,108 +39,8 @@ INSEQ_METHODS: tuple[str, ...] = (
     "value_zeroing",
 )
 
-ATTRIBUTED_FNS = ("probability", "logprob")
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """One method option: its type, default and what it means."""
-
-    name: str
-    kind: type
-    default: Any
-    help: str
-    choices: tuple[Any, ...] | None = None
-
-    def coerce(self, method: str, value: Any) -> Any:
-        if self.kind is list:
-            if isinstance(value, str):
-                value = [int(v) for v in value.split(",") if v.strip()]
-            if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-                raise MethodOptionError(f"option {self.name} of {method} takes a list of integers, got {value!r}")
-        elif self.kind is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                try:
-                    value = int(value)
-                except (TypeError, ValueError):
-                    raise MethodOptionError(f"option {self.name} of {method} takes an integer, got {value!r}") from None
-            if value < 1:
-                raise MethodOptionError(f"option {self.name} of {method} must be at least 1, got {value}")
-        elif self.kind is str and not isinstance(value, str):
-            raise MethodOptionError(f"option {self.name} of {method} takes a string, got {value!r}")
-        if self.choices is not None and value not in self.choices:
-            raise MethodOptionError(
-                f"option {self.name} of {method} must be one of {', '.join(map(str, self.choices))}, got {value!r}"
-            )
-        return value
-
-
-ATTRIBUTED_FN = OptionSpec(
-    "attributed_fn",
-    str,
-    "probability",
-    "what is differentiated: the output token's probability (Inseq's default) or its log-probability",
-    ATTRIBUTED_FNS,
-)
-SALIENCY_ATTRIBUTED_FN = OptionSpec(
-    "attributed_fn",
-    str,
-    "logprob",
-    "what is differentiated: log p (the seed's saliency) or p (Inseq's); normalized rows are identical",
-    ATTRIBUTED_FNS,
-)
-N_STEPS = OptionSpec("n_steps", int, 50, "integration steps from the baseline to the input")
-LAYERS = OptionSpec("layers", list, None, "attention layers to use (default: all, averaged as Inseq does)")
-HEADS = OptionSpec("heads", list, None, "attention heads to use (default: all, averaged as Inseq does)")
-TARGET_CHUNK = OptionSpec(
-    "target_chunk", int, 16, "output tokens per backward pass; halved automatically on out-of-memory"
-)
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """A method name, what it does, its options, and which engines run it."""
-
-    name: str
-    summary: str
-    engines: tuple[str, ...]
-    options: Mapping[str, OptionSpec] = field(default_factory=dict)
-
-    @property
-    def has_native(self) -> bool:
-        return "native" in self.engines
-
-
-def _options(*specs: OptionSpec) -> dict[str, OptionSpec]:
-    return {spec.name: spec for spec in specs}
-
-
-_NATIVE: dict[str, MethodSpec] = {
-    "saliency": MethodSpec(
-        "saliency",
-        "L2 norm of the gradient of each output token's score w.r.t. each source embedding",
-        ("native", "inseq"),
-        _options(SALIENCY_ATTRIBUTED_FN, TARGET_CHUNK),
-    ),
-    "input_x_gradient": MethodSpec(
-        "input_x_gradient",
-        "L2 norm of gradient x embedding, per source token",
-        ("native", "inseq"),
-        _options(ATTRIBUTED_FN, TARGET_CHUNK),
-    ),
-    "integrated_gradients": MethodSpec(
-        "integrated_gradients",
-        "gradients integrated from an UNK baseline to the input (Captum/Inseq rule)",
-        ("native", "inseq"),
-        _options(N_STEPS, ATTRIBUTED_FN, TARGET_CHUNK),
-    ),
-    "attention": MethodSpec(
-        "attention",
-        "attention weights of the chosen layers and heads, averaged",
-        ("native", "inseq"),
-        _options(LAYERS, HEADS),
-    ),
-}
+#: The native methods' entries come with their objects (engine/methods.py), so a new one is added there.
+_NATIVE: dict[str, MethodSpec] = {name: method.spec for name, method in NATIVE_METHODS.items()}
 
 _INSEQ_SUMMARIES = {
     "deeplift": "DeepLIFT on input embeddings (Inseq)",
@@ -161,7 +62,7 @@ _INSEQ_ONLY: dict[str, MethodSpec] = {
         name,
         _INSEQ_SUMMARIES.get(name, f"{name} (Inseq)"),
         ("inseq",),
-        _options(N_STEPS) if "integrated" in name else {},
+        option_table(N_STEPS) if "integrated" in name else {},
     )
     for name in INSEQ_METHODS
     if name not in _NATIVE
