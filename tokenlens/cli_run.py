@@ -152,7 +152,7 @@ def describe_result(result: AnalysisResult, top_k: int = 3, max_rows: int = 12) 
 
 @click.command("methods")
 def methods_command() -> None:
-    """List every attribution method that runs here, the engines that run it and its options; then the others, and why."""
+    """List the attribution methods that run here, their engines and options; then the others, and why."""
     for spec in runnable_methods():
         engines = "native+inseq" if spec.has_native else "inseq"
         options = ", ".join(f"{name}={opt.default}" for name, opt in spec.options.items()) or "-"

@@ -153,3 +153,67 @@ def test_layer_methods_with_baselines_still_give_only_zeros(tiny_llama: LoadedMo
 def test_value_zeroing_still_fails_on_the_installed_transformers(tiny_llama: LoadedModel) -> None:
     with pytest.raises(TypeError, match="unsupported operand"):
         inseq_attribute(tiny_llama, "value_zeroing")
+
+
+# --------------------------------------------------------------------------- reagent, where NLTK's tagger data is
+
+
+@pytest.fixture
+def nltk_tagger_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real NLTK perceptron tagger, trained on three tagged sentences, installed where NLTK looks first.
+
+    ReAGent only needs *a* POS tagger to group the vocabulary; the real English model cannot be downloaded here.
+    """
+    import nltk.data
+    from nltk.tag.perceptron import PerceptronTagger
+
+    root = tmp_path / "nltk_data"
+    root.mkdir()
+    monkeypatch.setattr(nltk.data, "path", [str(root), *nltk.data.path])
+    tagger = PerceptronTagger(load=False)
+    sentences = [
+        [("the", "DT"), ("dog", "NN"), ("runs", "VBZ"), (".", ".")],
+        [("a", "DT"), ("cat", "NN"), ("sleeps", "VBZ")],
+        [("Paris", "NNP"), ("is", "VBZ"), ("big", "JJ")],
+    ]
+    tagger.train(sentences, nr_iter=2)
+    tagger.save_to_json(lang="eng", loc=str(root / "taggers" / "averaged_perceptron_tagger_eng"))
+    return root
+
+
+def test_reagent_runs_where_the_tagger_data_is_installed_and_never_downloads(
+    nltk_tagger_data: Path,
+    tiny_gpt2_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import nltk
+
+    assert refusal_reason("reagent") is None
+    assert "reagent" in [spec.name for spec in runnable_methods()]
+    downloads: list[object] = []
+
+    def no_network(*args: object, **kwargs: object) -> bool:
+        downloads.append(args)
+        raise AssertionError("nltk.download reached while attributing")
+
+    monkeypatch.setattr(nltk, "download", no_network)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p", "prompt": PROMPT}) + "\n")
+    results = tmp_path / "results"
+    code, out, err = run_tokenlens(
+        [
+            "run", str(prompts), "--model", str(tiny_gpt2_dir), "--method", "reagent", "--results", str(results),
+            "--run-id", "r", "--max-new-tokens", str(NEW_TOKENS), "--no-chat", "--format", "json",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, out + err
+    assert downloads == [] and nltk.download is no_network  # answered locally while Inseq ran, then put back
+    result = decode_result((results / "runs" / "r" / "results" / "p.json").read_bytes())
+    assert result.metadata.attribution_method == "reagent" and result.metadata.engine == "inseq"
+    matrix = np.array(result.data.association_matrix)
+    n_in = len(result.data.input_tokens)
+    assert np.isfinite(matrix).all() and np.any(matrix[:, :n_in] != 0.0)
+    assert (results / "runs" / "r" / "inseq" / "p.json").exists()

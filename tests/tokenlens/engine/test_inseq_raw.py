@@ -20,6 +20,7 @@ from tokenlens.engine.native import attribute_native
 from tokenlens.engine.registry import validate_options
 from tokenlens.engine.types import AttributionOutput
 from tokenlens.models import LoadedModel, load_model
+from tokenlens.schema import AnalysisResult
 from tokenlens.seed_api import InseqTokenAnalyzer, ModelManager, TokenAnalysisStorage, TokenAnalyzer
 from tokenlens.tokenization import prepare_prompt
 
@@ -87,6 +88,7 @@ def test_the_seed_api_stores_inseq_raw_scores_like_the_native_engine(tiny_gpt2_d
     ).create_analysis_pipeline(TokenAnalysisStorage(base_path=str(tmp_path / "inseq")))
     native = native_analyze(PROMPT)
     through_inseq = inseq_analyze(PROMPT)
+    assert isinstance(native, AnalysisResult) and isinstance(through_inseq, AnalysisResult)
     assert through_inseq.metadata.engine == "inseq" and native.metadata.engine == "native"
     assert [t.token_id for t in through_inseq.data.output_tokens] == [t.token_id for t in native.data.output_tokens]
     ours, theirs = np.array(native.data.association_matrix), np.array(through_inseq.data.association_matrix)
