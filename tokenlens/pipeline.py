@@ -120,7 +120,7 @@ def run_engine(
             return attribute_native(loaded, prompts, method, options, generation_params)
         from tokenlens.engine.inseq_engine import attribute_inseq
 
-        return attribute_inseq(loaded, prompts, method, options, generation_params=generation_params)
+        return attribute_inseq(loaded, prompts, method, options, generation_params)
     except Exception as exc:  # isolate: the caller decides about retries per prompt
         # An engine-wide crash on several prompts says nothing about each: they are retried, each alone.
         return [PromptFailure(p.prompt_id, type(exc).__name__, str(exc)) for p in prompts]

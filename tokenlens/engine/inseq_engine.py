@@ -27,6 +27,9 @@ from tokenlens.engine.types import AttributionOutput, PromptFailure, PromptInput
 from tokenlens.errors import MethodOptionError
 from tokenlens.models import LoadedModel
 
+#: Generation options besides max_new_tokens (allow-listed by `tokenlens.batch`), or None for greedy defaults.
+Generation = dict[str, Any] | None
+
 #: Our option names that Inseq takes as attribution keyword arguments, per method family.
 _PASSTHROUGH_OPTIONS = ("n_steps",)
 
@@ -105,16 +108,11 @@ def nltk_data_already_installed(method: str) -> Iterator[None]:
 
 
 def attribute_inseq(
-    loaded: LoadedModel,
-    prompts: list[PromptInput],
-    method: str,
-    options: dict[str, Any],
-    *,
-    generation_params: dict[str, Any] | None = None,
+    loaded: LoadedModel, prompts: list[PromptInput], method: str, options: dict[str, Any], generation: Generation = None
 ) -> list[AttributionOutput | PromptFailure]:
     """Attribute each prompt with Inseq's `method`; a failing prompt doesn't stop the others."""
     with distinct_pad_token(loaded), nltk_data_already_installed(method):
-        return _attribute_each(loaded, prompts, method, options, generation_params)
+        return _attribute_each(loaded, prompts, method, options, generation)
 
 
 def _attribute_each(
