@@ -39,6 +39,28 @@ INSEQ_METHODS: tuple[str, ...] = (
     "value_zeroing",
 )
 
+#: Inseq methods TokenLens lists but does not run, and why. `tokenlens methods` shows them apart with the reason,
+#: and asking for one is refused with it (tests/tokenlens/engine/test_inseq_every_method.py runs all the others).
+REFUSED_INSEQ_METHODS: dict[str, str] = {
+    "dummy": "Inseq's pipeline check computes no scores at all; a result would be an empty matrix posing as one",
+    "layer_deeplift": (
+        "Inseq 0.7.1's layer DeepLIFT returns all-zero scores with the installed transformers and Captum (SmolLM2 "
+        "included), which would be stored as if no token mattered; use deeplift"
+    ),
+    "layer_integrated_gradients": (
+        "Inseq 0.7.1's layer integrated gradients returns all-zero scores with the installed transformers and Captum "
+        "(SmolLM2 included), which would be stored as if no token mattered; use integrated_gradients"
+    ),
+    "value_zeroing": (
+        "Inseq 0.7.1's value zeroing cannot hook the installed transformers' models: it expects each decoder "
+        "layer to return a tuple (Llama's now returns a tensor: TypeError) and finds no value assignment in GPT-2's "
+        "attention; use attention or occlusion"
+    ),
+}
+
+#: Where ReAGent's English POS tagger data lives inside an NLTK data directory.
+NLTK_TAGGER_RESOURCE = "taggers/averaged_perceptron_tagger_eng/"
+
 #: The native methods' entries come with their objects (engine/methods.py), so a new one is added there.
 _NATIVE: dict[str, MethodSpec] = {name: method.spec for name, method in NATIVE_METHODS.items()}
 
@@ -72,7 +94,41 @@ METHODS: dict[str, MethodSpec] = {**_NATIVE, **_INSEQ_ONLY}
 
 
 def list_methods() -> list[MethodSpec]:
+    """Every method TokenLens knows, runnable or not (see `refusal_reason`)."""
     return [METHODS[name] for name in sorted(METHODS)]
+
+
+def refusal_reason(name: str) -> str | None:
+    """Why `name` can't run in this environment (one line that says the fix where there is one), or None."""
+    if name in REFUSED_INSEQ_METHODS:
+        return REFUSED_INSEQ_METHODS[name]
+    if name == "reagent":
+        return _reagent_refusal()
+    return None
+
+
+def runnable_methods() -> list[MethodSpec]:
+    """The methods that run here: what `tokenlens methods` lists as runnable."""
+    return [spec for spec in list_methods() if refusal_reason(spec.name) is None]
+
+
+def _reagent_refusal() -> str | None:
+    # Inseq's ReAGent POS-tags the whole vocabulary with NLTK's perceptron tagger, whose data NLTK downloads at
+    # run time. Workers are offline, so the data must already be on the machine; we never download it.
+    import importlib.util
+
+    if importlib.util.find_spec("nltk") is None:
+        return "needs nltk: pip install nltk"
+    import nltk.data
+
+    try:
+        nltk.data.find(NLTK_TAGGER_RESOURCE)
+    except LookupError:
+        return (
+            "needs NLTK's English POS tagger data, which TokenLens does not download: install it once with "
+            "`python -m nltk.downloader averaged_perceptron_tagger_eng` (or point NLTK_DATA at a copy)"
+        )
+    return None
 
 
 def get_method(name: str) -> MethodSpec:
@@ -85,6 +141,9 @@ def get_method(name: str) -> MethodSpec:
 def resolve_engine(method: str, engine: str = "auto") -> str:
     """The engine that runs `method`: native where one exists, unless Inseq is forced."""
     spec = get_method(method)
+    refused = refusal_reason(method)
+    if refused is not None:
+        raise MethodOptionError(f"method {method!r} can't run here: {refused}")
     if engine not in ENGINES:
         raise MethodOptionError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     if engine == "auto":
