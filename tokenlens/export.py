@@ -1,0 +1,414 @@
+"""A run as tables: `tokenlens export` and `tokenlens.open_run`, streaming, in bounded memory.
+
+Two tables, each a folder of part files that DuckDB (``read_parquet('DEST/attributions/*.parquet')``),
+pandas (``read_parquet('DEST/attributions')``) and Polars (``scan_parquet('DEST/attributions/*.parquet')``)
+read directly:
+
+``attributions/``: one row per (prompt, output position, source position) that the output can depend on
+(every prompt source, and the generated sources before it): ``run_id``, ``prompt_id``, ``model``,
+``method``, ``level``, ``output_position``, ``output_token``, ``output_clean_token``,
+``output_is_template``, ``output_probability``, ``source_position`` (the matrix column: prompt sources
+first, then generated ones), ``source_kind`` (``prompt`` / ``generated``), ``source_token``,
+``source_clean_token``, ``source_is_template``, ``score`` (raw) and ``normalized_score`` (the row over its
+largest absolute value). At the word or sentence level (`tokenlens.words`, sum aggregation) positions
+number groups, tokens are the groups' texts and an output group's probability is the product of its
+tokens' probabilities.
+
+``prompts/``: one row per prompt of the run: ``prompt``, ``generated_text``, ``status`` (done / error /
+pending), token counts, ``timings_s`` (JSON of seconds per phase), ``error_type`` and ``error_message``.
+
+Results are read one at a time (either result format, through `tokenlens.result_codec`) and written in
+row groups, so memory stays bounded by `ROWS_PER_GROUP`, whatever the run's size. A part file is finished
+every `ROWS_PER_PART` rows; an ``s3://`` destination receives each finished part through storage_backends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storage_backends import Storage, open_storage
+from tokenlens.errors import TokenLensError
+from tokenlens.result_codec import ResultFormatError, load_document, upgrade_document
+from tokenlens.results import RunStore
+from tokenlens.schema import AnalysisResult, TokenInfo
+from tokenlens.words import TokenGroup, check_level, group_tokens
+
+EXPORT_FORMATS = ("parquet", "csv")
+TABLES = ("attributions", "prompts")
+#: Rows buffered before a row group is written: what bounds the export's memory.
+ROWS_PER_GROUP = 1_000_000
+#: Rows per part file; a part is uploaded whole to an object store.
+ROWS_PER_PART = 8_000_000
+
+
+class ExportError(TokenLensError):
+    """An export that can't be done (unknown format or level, missing pyarrow): the message says the fix."""
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+    except ImportError:
+        raise ExportError("export needs pyarrow; install it with `pip install pyarrow`") from None
+    return pyarrow
+
+
+# --- one result as rows --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResultView:
+    """What the export needs of one result, read without building the pydantic model (fast on big runs)."""
+
+    prompt_id: str
+    metadata: dict[str, Any]
+    input_tokens: list[TokenInfo]
+    output_tokens: list[TokenInfo]
+    matrix: np.ndarray
+
+    @classmethod
+    def of(cls, raw: bytes, source: str) -> ResultView:
+        document = upgrade_document(load_document(raw, source), source)
+        data, metadata = document["data"], document["metadata"]
+        try:
+            inputs = [TokenInfo.model_validate(token) for token in data["input_tokens"]]
+            outputs = [TokenInfo.model_validate(token) for token in data["output_tokens"]]
+        except ValueError as exc:
+            raise ResultFormatError(
+                f"{source}: a token entry is not valid ({' '.join(str(exc).split())[:200]})"
+            ) from None
+        matrix = np.asarray(data["association_matrix"], dtype=np.float64)
+        shape = (len(outputs), len(inputs) + len(outputs))
+        if matrix.size == 0:
+            matrix = np.zeros(shape)
+        if matrix.shape != shape:
+            raise ResultFormatError(f"{source}: association_matrix is {matrix.shape}, expected {shape}")
+        return cls(str(metadata.get("prompt_id") or ""), metadata, inputs, outputs, matrix)
+
+    @classmethod
+    def of_result(cls, result: AnalysisResult) -> ResultView:
+        data = result.data
+        n_in, n_out = len(data.input_tokens), len(data.output_tokens)
+        matrix = np.asarray(data.association_matrix, dtype=np.float64).reshape(n_out, n_in + n_out)
+        metadata = result.metadata.model_dump(mode="json")
+        return cls(str(result.metadata.prompt_id or ""), metadata, data.input_tokens, data.output_tokens, matrix)
+
+
+def _light_token(token: Any, source: str, kind: str, index: int) -> TokenInfo:
+    """A token entry checked for what the export reads, without pydantic's full validation (it is per token)."""
+    if not (
+        isinstance(token, dict) and isinstance(token.get("token"), str) and isinstance(token.get("clean_token"), str)
+    ):
+        raise ResultFormatError(f"{source}: {kind} token {index} needs string fields token and clean_token")
+    probability = token.get("probability")
+    if probability is not None and (isinstance(probability, bool) or not isinstance(probability, int | float)):
+        raise ResultFormatError(f"{source}: {kind} token {index} has a probability that is not a number")
+    return TokenInfo.model_construct(
+        token=token["token"],
+        token_id=token.get("token_id", 0),
+        clean_token=token["clean_token"],
+        is_template=token.get("is_template") is True,
+        probability=probability,
+        span=token.get("span") if isinstance(token.get("span"), list) else None,
+    )
+
+
+def _groups(view: ResultView, level: str) -> tuple[list[TokenGroup], list[TokenGroup]]:
+    generated = view.metadata.get("generated_text")
+    return (
+        group_tokens(view.input_tokens, view.metadata.get("prompt"), level),
+        group_tokens(view.output_tokens, generated if isinstance(generated, str) else None, level),
+    )
+
+
+def _sum_groups(matrix: np.ndarray, groups: list[tuple[int, ...]], axis: int) -> np.ndarray:
+    # np.add.reduceat sums consecutive runs: groups are consecutive token ranges in order.
+    if not groups:
+        shape = list(matrix.shape)
+        shape[axis] = 0
+        return np.zeros(shape)
+    return np.add.reduceat(matrix, [group[0] for group in groups], axis=axis)
+
+
+@dataclass(frozen=True)
+class DictColumn:
+    """A string column as a dictionary and indices into it: a prompt's few tokens, not one string per row."""
+
+    indices: np.ndarray
+    values: list[str]
+
+
+def _constant(value: str, count: int) -> DictColumn:
+    return DictColumn(np.zeros(count, dtype=np.int32), [value])
+
+
+def _picked(values: list[str], positions: np.ndarray) -> DictColumn:
+    return DictColumn(positions.astype(np.int32), values)
+
+
+def attribution_columns(view: ResultView, level: str, run_id: str) -> dict[str, Any]:
+    """One result's rows of the attributions table, as columns (numpy arrays and `DictColumn`s)."""
+    n_in = len(view.input_tokens)
+    if level == "token":
+        matrix = view.matrix
+        source_texts = [(t.token, t.clean_token) for t in [*view.input_tokens, *view.output_tokens]]
+        source_template = [t.is_template for t in [*view.input_tokens, *view.output_tokens]]
+        output_texts = [(t.token, t.clean_token) for t in view.output_tokens]
+        probabilities = [math.nan if t.probability is None else t.probability for t in view.output_tokens]
+        n_prompt_sources = n_in
+        reachable = np.arange(len(output_texts))[:, None] > np.arange(matrix.shape[1])[None, :] - n_in
+    else:
+        input_groups, output_groups = _groups(view, level)
+        columns = [g.tokens for g in input_groups] + [tuple(n_in + i for i in g.tokens) for g in output_groups]
+        matrix = _sum_groups(_sum_groups(view.matrix, columns, axis=1), [g.tokens for g in output_groups], axis=0)
+        source_texts = [(g.text, g.text.strip() or g.text) for g in [*input_groups, *output_groups]]
+        source_template = [g.is_template for g in [*input_groups, *output_groups]]
+        output_texts = [(g.text, g.text.strip() or g.text) for g in output_groups]
+        probabilities = [_group_probability(view.output_tokens, g) for g in output_groups]
+        n_prompt_sources = len(input_groups)
+        # A word can depend on earlier words and on itself (its later tokens on its earlier ones).
+        reachable = np.arange(len(output_texts))[:, None] >= np.arange(matrix.shape[1])[None, :] - n_prompt_sources
+    peaks = np.abs(matrix).max(axis=1, keepdims=True) if matrix.size else np.zeros((matrix.shape[0], 1))
+    normalized = np.divide(matrix, peaks, out=np.zeros_like(matrix), where=peaks > 0)
+    rows, cols = np.nonzero(reachable)
+    count = len(rows)
+    output_template = np.asarray([t.is_template for t in view.output_tokens], dtype=bool)
+    if level != "token":
+        output_template = np.asarray(source_template[n_prompt_sources:], dtype=bool)
+    return {
+        "run_id": _constant(run_id, count),
+        "prompt_id": _constant(view.prompt_id, count),
+        "model": _constant(str(view.metadata.get("llm_id", "")), count),
+        "method": _constant(str(view.metadata.get("attribution_method", "")), count),
+        "level": _constant(level, count),
+        "output_position": rows.astype(np.int32),
+        "output_token": _picked([text[0] for text in output_texts], rows),
+        "output_clean_token": _picked([text[1] for text in output_texts], rows),
+        "output_is_template": output_template[rows],
+        "output_probability": np.asarray(probabilities, dtype=np.float32).reshape(-1)[rows],
+        "source_position": cols.astype(np.int32),
+        "source_kind": DictColumn((cols >= n_prompt_sources).astype(np.int32), ["prompt", "generated"]),
+        "source_token": _picked([text[0] for text in source_texts], cols),
+        "source_clean_token": _picked([text[1] for text in source_texts], cols),
+        "source_is_template": np.asarray(source_template, dtype=bool).reshape(-1)[cols],
+        "score": matrix[rows, cols].astype(np.float32),
+        "normalized_score": normalized[rows, cols].astype(np.float32),
+    }
+
+
+def _group_probability(tokens: list[TokenInfo], group: TokenGroup) -> float:
+    values = [tokens[i].probability for i in group.tokens]
+    if any(value is None for value in values):
+        return math.nan
+    return float(np.prod([float(v) for v in values if v is not None]))
+
+
+def prompt_row(
+    run_id: str, prompt_id: str, prompt: str | None, view: ResultView | None, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    """One row of the prompts table."""
+    metadata = view.metadata if view is not None else {}
+    status = "done" if view is not None else ("error" if error is not None else "pending")
+    return {
+        "run_id": run_id,
+        "prompt_id": prompt_id,
+        "status": status,
+        "prompt": metadata.get("prompt", prompt),
+        "generated_text": metadata.get("generated_text")
+        if view is None or metadata.get("generated_text") is not None
+        else "".join(t.clean_token for t in view.output_tokens),
+        "model": metadata.get("llm_id"),
+        "method": metadata.get("attribution_method"),
+        "engine": metadata.get("engine"),
+        "device": metadata.get("device"),
+        "n_input_tokens": len(view.input_tokens) if view is not None else None,
+        "n_output_tokens": len(view.output_tokens) if view is not None else None,
+        "timings_s": json.dumps(metadata.get("timings_s") or {}, sort_keys=True) if view is not None else None,
+        "error_type": (error or {}).get("error_type"),
+        "error_message": (error or {}).get("message"),
+    }
+
+
+# --- writing part files ----------------------------------------------------------------------------------------
+
+
+class PartWriter:
+    """Rows of one table in, part files out (Parquet row groups, or CSV), to a folder or an object store."""
+
+    def __init__(self, storage: Storage, table: str, export_format: str, staging: Path) -> None:
+        self.storage, self.table, self.format, self.staging = storage, table, export_format, staging
+        self.buffer: dict[str, list[Any]] = {}
+        self.buffered_rows = 0
+        self.part_rows = 0
+        self.part_index = 0
+        self.writer: Any = None
+        self.path: Path | None = None
+        self.keys: list[str] = []
+        self.rows = 0
+
+    def add(self, columns: dict[str, Any], count: int) -> None:
+        for name, values in columns.items():
+            self.buffer.setdefault(name, []).append(values)
+        self.buffered_rows += count
+        if self.buffered_rows >= ROWS_PER_GROUP:
+            self.flush()
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        self.add({name: [value] for name, value in row.items()}, 1)
+
+    def _batch(self) -> Any:
+        return columns_table(self.buffer, self.format)
+
+    def flush(self) -> None:
+        if not self.buffered_rows:
+            return
+        table = self._batch()
+        if self.writer is None:
+            self._open(table.schema)
+        if self.format == "parquet":
+            self.writer.write_table(table, row_group_size=len(table))
+        else:
+            self.writer.write_table(table)
+        self.rows += self.buffered_rows
+        self.part_rows += self.buffered_rows
+        self.buffer, self.buffered_rows = {}, 0
+        if self.part_rows >= ROWS_PER_PART:
+            self._close_part()
+
+    def _open(self, schema: Any) -> None:
+        self.path = self.staging / f"{self.table}-part-{self.part_index:05d}.{self.format}"
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            # zstd level 1 and no Parquet dictionary pages: measured fastest here at about the same size
+            # (scores are random-looking floats; string columns are small next to them).
+            self.writer = pq.ParquetWriter(
+                str(self.path), schema, compression="zstd", compression_level=1, use_dictionary=False
+            )
+        else:
+            import pyarrow.csv as pacsv
+
+            self.writer = pacsv.CSVWriter(str(self.path), schema)
+
+    def _close_part(self) -> None:
+        if self.writer is None or self.path is None:
+            return
+        self.writer.close()
+        key = f"{self.table}/part-{self.part_index:05d}.{self.format}"
+        self.storage.put(key, self.path.read_bytes())
+        self.path.unlink()
+        self.keys.append(key)
+        self.writer, self.path, self.part_rows = None, None, 0
+        self.part_index += 1
+
+    def close(self) -> list[str]:
+        self.flush()
+        self._close_part()
+        return self.keys
+
+
+def columns_table(buffer: dict[str, list[Any]], export_format: str = "parquet") -> Any:
+    """An Arrow table of buffered column chunks (numpy arrays, `DictColumn`s or lists of values)."""
+    pa = _pyarrow()
+    arrays = {}
+    for name, chunks in buffer.items():
+        first = chunks[0]
+        if isinstance(first, DictColumn):
+            arrays[name] = _dictionary_array(chunks, export_format)
+        elif isinstance(first, np.ndarray):
+            arrays[name] = pa.array(np.concatenate(chunks))
+        else:
+            arrays[name] = pa.array([value for chunk in chunks for value in chunk])
+    return pa.table(arrays)
+
+
+def _dictionary_array(chunks: list[DictColumn], export_format: str) -> Any:
+    """Many prompts' dictionary columns as one Arrow dictionary array (each prompt's indices shifted)."""
+    pa = _pyarrow()
+    offsets = np.cumsum([0] + [len(chunk.values) for chunk in chunks[:-1]])
+    indices = np.concatenate([chunk.indices + offset for chunk, offset in zip(chunks, offsets, strict=True)])
+    dictionary = pa.array([value for chunk in chunks for value in chunk.values], type=pa.string())
+    array = pa.DictionaryArray.from_arrays(pa.array(indices.astype(np.int32)), dictionary)
+    # CSV has no dictionaries; Parquet keeps them (and DuckDB, pandas and Polars read them as strings).
+    return array.cast(pa.string()) if export_format == "csv" else array
+
+
+# --- the export ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote: rows per table, the part files, and the results it could not read."""
+
+    dest: str
+    rows: dict[str, int]
+    files: list[str]
+    unreadable: dict[str, str]
+
+
+def export_run(
+    results_url: str,
+    run_id: str,
+    dest: str,
+    *,
+    export_format: str = "parquet",
+    level: str = "token",
+    on_prompt: Callable[[], None] | None = None,
+) -> ExportReport:
+    """Write the run's attributions and prompts tables under `dest` (a folder or an s3:// prefix)."""
+    if export_format not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {export_format!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    check_level(level)
+    _pyarrow()
+    store = RunStore(open_storage(results_url), run_id)
+    manifest = store.read_manifest()
+    target = open_storage(dest)
+    unreadable: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="tokenlens-export-") as staging:
+        attributions = PartWriter(target, "attributions", export_format, Path(staging))
+        prompts = PartWriter(target, "prompts", export_format, Path(staging))
+        for prompt_id, prompt, view, error in _walk(store, manifest.prompt_ids, unreadable):
+            if view is not None:
+                columns = attribution_columns(view, level, run_id)
+                attributions.add(columns, len(columns["score"]))
+            prompts.add_row(prompt_row(run_id, prompt_id, prompt, view, error))
+            if on_prompt is not None:
+                on_prompt()
+        files = attributions.close() + prompts.close()
+    return ExportReport(dest, {"attributions": attributions.rows, "prompts": prompts.rows}, files, unreadable)
+
+
+def _walk(
+    store: RunStore, prompt_ids: list[str], unreadable: dict[str, str]
+) -> Iterator[tuple[str, str | None, ResultView | None, dict[str, Any] | None]]:
+    """Every prompt of the run in order: its result (read one at a time) or its error record."""
+    results = store.ids("results")
+    errors = store.ids("errors")
+    texts = {pid: record.prompt for pid, record in store.read_prompts().items()}
+    ordered = list(prompt_ids) or sorted(results | errors)
+    for extra in sorted((results | errors) - set(ordered)):
+        ordered.append(extra)
+    for prompt_id in ordered:
+        view = error = None
+        if prompt_id in results:
+            source = f"{store.storage.url.rstrip('/')}/{store.key('results', prompt_id)}"
+            try:
+                view = ResultView.of(store.read_result_bytes(prompt_id), source)
+            except ResultFormatError as exc:
+                unreadable[prompt_id] = str(exc)
+            if view is not None and not view.prompt_id:
+                view = ResultView(prompt_id, view.metadata, view.input_tokens, view.output_tokens, view.matrix)
+        elif prompt_id in errors:
+            try:
+                error = store.read_error(prompt_id).model_dump()
+            except ValueError as exc:
+                unreadable[prompt_id] = f"unreadable error record: {exc}"
+        yield prompt_id, texts.get(prompt_id), view, error
