@@ -87,7 +87,7 @@ def test_mixed_folder_imports_each_model_and_method_and_lists_bad_files(
     (folder / "json/broken.json").write_text('{"metadata": {"llm_id": "x"}')
     (folder / "tiny-llama/method_saliency/data/bad_inseq.json").write_text("not inseq")
     results = tmp_path / "results"
-    code, out, err = run_tokenlens(["import", str(folder), "--results", str(results), "--run-id", "old"], capsys)
+    code, _out, err = run_tokenlens(["import", str(folder), "--results", str(results), "--run-id", "old"], capsys)
     assert code == 0, err
     runs = sorted(list_run_ids(LocalStorage(results)))
     assert len(runs) >= 2 and all(run.startswith("old-") for run in runs)
