@@ -10,7 +10,7 @@ from tests.cli_runner import run_tokenlens
 from tokenlens.errors import PromptSetError
 from tokenlens.prompt_sets import PromptSource, read_prompt_set
 
-QUESTIONS = {
+QUESTIONS: dict[str, list[object]] = {
     "question": ["is the sky blue", "do fish swim", "can pigs fly"],
     "qid": ["q-1", "q-2", "q-3"],
     "label": [True, True, False],
