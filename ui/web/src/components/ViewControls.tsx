@@ -1,16 +1,20 @@
 // The view options every result view shares: raw or normalized values, the threshold, template tokens.
 import { useId } from "react";
 import { viridisGradient } from "../lib/colors";
-import type { ViewOptions } from "../lib/attribution";
+import { LEVELS, type ViewOptions } from "../lib/attribution";
 
 export interface ViewControlsProps {
   options: ViewOptions;
   onChange: (options: ViewOptions) => void;
   /** How many tokens the toggle hides; -1 when it differs between the results shown. */
   templateCount: number;
+  /** Offer the token / word / sentence toggle: true where the result carries word and sentence indices. */
+  canGroup?: boolean;
 }
 
-export function ViewControls({ options, onChange, templateCount }: ViewControlsProps) {
+const LEVEL_LABELS = { token: "Tokens", word: "Words", sentence: "Sentences" } as const;
+
+export function ViewControls({ options, onChange, templateCount, canGroup = false }: ViewControlsProps) {
   const id = useId();
   const set = (patch: Partial<ViewOptions>) => onChange({ ...options, ...patch });
   return (
@@ -27,6 +31,25 @@ export function ViewControls({ options, onChange, templateCount }: ViewControlsP
               onChange={() => set({ mode })}
             />
             {mode === "normalized" ? "Normalized" : "Raw"}
+          </label>
+        ))}
+      </fieldset>
+      <fieldset
+        className="segmented"
+        title={canGroup ? undefined : "This result has no word and sentence marks (written before TokenLens stored them)"}
+      >
+        <legend className="control-label">Units</legend>
+        {LEVELS.map((level) => (
+          <label key={level} className={options.level === level ? "on" : undefined}>
+            <input
+              type="radio"
+              name={`${id}-level`}
+              value={level}
+              checked={options.level === level}
+              disabled={!canGroup}
+              onChange={() => set({ level })}
+            />
+            {LEVEL_LABELS[level]}
           </label>
         ))}
       </fieldset>
