@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,16 @@ import numpy as np
 
 from storage_backends import Storage, open_storage
 from tokenlens.errors import TokenLensError
-from tokenlens.result_codec import ResultFormatError, load_document, upgrade_document
+from tokenlens.result_codec import (
+    PACKED_ENCODING,
+    ResultFormatError,
+    load_document,
+    unpack_matrix,
+    upgrade_document,
+)
 from tokenlens.results import RunStore
-from tokenlens.schema import AnalysisResult, TokenInfo
-from tokenlens.words import TokenGroup, check_level, group_tokens
+from tokenlens.schema import AnalysisResult
+from tokenlens.words import TokenGroup, TokenLike, check_level, group_tokens
 
 EXPORT_FORMATS = ("parquet", "csv")
 TABLES = ("attributions", "prompts")
@@ -70,22 +77,34 @@ class ResultView:
 
     prompt_id: str
     metadata: dict[str, Any]
-    input_tokens: list[TokenInfo]
-    output_tokens: list[TokenInfo]
+    input_tokens: Sequence[TokenLike]
+    output_tokens: Sequence[TokenLike]
     matrix: np.ndarray
 
     @classmethod
     def of(cls, raw: bytes, source: str) -> ResultView:
-        document = upgrade_document(load_document(raw, source), source)
-        data, metadata = document["data"], document["metadata"]
-        try:
-            inputs = [TokenInfo.model_validate(token) for token in data["input_tokens"]]
-            outputs = [TokenInfo.model_validate(token) for token in data["output_tokens"]]
-        except ValueError as exc:
-            raise ResultFormatError(
-                f"{source}: a token entry is not valid ({' '.join(str(exc).split())[:200]})"
-            ) from None
-        matrix = np.asarray(data["association_matrix"], dtype=np.float64)
+        document = load_document(raw, source)
+        if document["metadata"].get("tokenlens_format"):
+            # A current TokenLens file: its matrix is already in layout, so it is read as it is stored.
+            data, metadata = document["data"], document["metadata"]
+            if not isinstance(data.get("input_tokens"), list) or not isinstance(data.get("output_tokens"), list):
+                raise ResultFormatError(f"{source}: data.input_tokens and data.output_tokens must be lists")
+            stored = data.get("association_matrix")
+            if isinstance(stored, dict) and stored.get("encoding") == PACKED_ENCODING:
+                matrix = unpack_matrix(stored, source).astype(np.float64)
+            else:
+                try:
+                    matrix = np.asarray(stored, dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise ResultFormatError(f"{source}: data.association_matrix is not a matrix of numbers") from None
+            if not np.isfinite(matrix).all():
+                raise ResultFormatError(f"{source}: data.association_matrix holds NaN or Infinity")
+        else:  # older revisions and seed files: brought to the current layout first
+            document = upgrade_document(document, source)
+            data, metadata = document["data"], document["metadata"]
+            matrix = np.asarray(data["association_matrix"], dtype=np.float64)
+        inputs = [_light_token(token, source, "input", index) for index, token in enumerate(data["input_tokens"])]
+        outputs = [_light_token(token, source, "output", index) for index, token in enumerate(data["output_tokens"])]
         shape = (len(outputs), len(inputs) + len(outputs))
         if matrix.size == 0:
             matrix = np.zeros(shape)
@@ -102,8 +121,19 @@ class ResultView:
         return cls(str(result.metadata.prompt_id or ""), metadata, data.input_tokens, data.output_tokens, matrix)
 
 
-def _light_token(token: Any, source: str, kind: str, index: int) -> TokenInfo:
-    """A token entry checked for what the export reads, without pydantic's full validation (it is per token)."""
+@dataclass(frozen=True, slots=True)
+class ExportToken:
+    """What the export reads of a token entry (a pydantic model per token costs more than the rest of a row)."""
+
+    token: str
+    clean_token: str
+    is_template: bool
+    probability: float | None
+    span: list[int] | None
+
+
+def _light_token(token: Any, source: str, kind: str, index: int) -> ExportToken:
+    """A token entry checked for what the export reads."""
     if not (
         isinstance(token, dict) and isinstance(token.get("token"), str) and isinstance(token.get("clean_token"), str)
     ):
@@ -111,14 +141,11 @@ def _light_token(token: Any, source: str, kind: str, index: int) -> TokenInfo:
     probability = token.get("probability")
     if probability is not None and (isinstance(probability, bool) or not isinstance(probability, int | float)):
         raise ResultFormatError(f"{source}: {kind} token {index} has a probability that is not a number")
-    return TokenInfo.model_construct(
-        token=token["token"],
-        token_id=token.get("token_id", 0),
-        clean_token=token["clean_token"],
-        is_template=token.get("is_template") is True,
-        probability=probability,
-        span=token.get("span") if isinstance(token.get("span"), list) else None,
-    )
+    span = token.get("span")
+    return ExportToken(
+        token["token"], token["clean_token"], token.get("is_template") is True, probability,
+        span if isinstance(span, list) else None,
+    )  # fmt: skip
 
 
 def _groups(view: ResultView, level: str) -> tuple[list[TokenGroup], list[TokenGroup]]:
@@ -204,7 +231,7 @@ def attribution_columns(view: ResultView, level: str, run_id: str) -> dict[str, 
     }
 
 
-def _group_probability(tokens: list[TokenInfo], group: TokenGroup) -> float:
+def _group_probability(tokens: Sequence[TokenLike], group: TokenGroup) -> float:
     values = [tokens[i].probability for i in group.tokens]
     if any(value is None for value in values):
         return math.nan
@@ -253,6 +280,8 @@ class PartWriter:
         self.path: Path | None = None
         self.keys: list[str] = []
         self.rows = 0
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"export-{table}")
+        self.pending: Future[None] | None = None
 
     def add(self, columns: dict[str, Any], count: int) -> None:
         for name, values in columns.items():
@@ -271,12 +300,13 @@ class PartWriter:
         if not self.buffered_rows:
             return
         table = self._batch()
+        self._wait()
         if self.writer is None:
             self._open(table.schema)
-        if self.format == "parquet":
-            self.writer.write_table(table, row_group_size=len(table))
-        else:
-            self.writer.write_table(table)
+        # Written on a thread (pyarrow lets go of the GIL) while the next rows are read; one write at a time,
+        # so at most two row groups are in memory.
+        options = {"row_group_size": len(table)} if self.format == "parquet" else {}
+        self.pending = self.executor.submit(self.writer.write_table, table, **options)
         self.rows += self.buffered_rows
         self.part_rows += self.buffered_rows
         self.buffer, self.buffered_rows = {}, 0
@@ -286,19 +316,27 @@ class PartWriter:
     def _open(self, schema: Any) -> None:
         self.path = self.staging / f"{self.table}-part-{self.part_index:05d}.{self.format}"
         if self.format == "parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            # zstd level 1 and no Parquet dictionary pages: measured fastest here at about the same size
-            # (scores are random-looking floats; string columns are small next to them).
+            # zstd level 1, Parquet dictionaries only for the (dictionary-encoded) string columns: measured
+            # fastest here (scores are random-looking floats, which dictionaries don't help).
+            strings = [field.name for field in schema if pa.types.is_dictionary(field.type)]
             self.writer = pq.ParquetWriter(
-                str(self.path), schema, compression="zstd", compression_level=1, use_dictionary=False
+                str(self.path), schema, compression="zstd", compression_level=1, use_dictionary=strings
             )
         else:
             import pyarrow.csv as pacsv
 
             self.writer = pacsv.CSVWriter(str(self.path), schema)
 
+    def _wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
     def _close_part(self) -> None:
+        self._wait()
         if self.writer is None or self.path is None:
             return
         self.writer.close()
@@ -310,8 +348,11 @@ class PartWriter:
         self.part_index += 1
 
     def close(self) -> list[str]:
-        self.flush()
-        self._close_part()
+        try:
+            self.flush()
+            self._close_part()
+        finally:
+            self.executor.shutdown(wait=True)
         return self.keys
 
 
@@ -319,10 +360,14 @@ def columns_table(buffer: dict[str, list[Any]], export_format: str = "parquet") 
     """An Arrow table of buffered column chunks (numpy arrays, `DictColumn`s or lists of values)."""
     pa = _pyarrow()
     arrays = {}
+    row_chunk: np.ndarray | None = None  # which chunk (prompt) each row comes from, computed once
     for name, chunks in buffer.items():
         first = chunks[0]
         if isinstance(first, DictColumn):
-            arrays[name] = _dictionary_array(chunks, export_format)
+            if row_chunk is None:
+                lengths = np.fromiter((len(c.indices) for c in chunks), dtype=np.int64, count=len(chunks))
+                row_chunk = np.repeat(np.arange(len(chunks), dtype=np.int32), lengths)
+            arrays[name] = _dictionary_array(chunks, row_chunk, export_format)
         elif isinstance(first, np.ndarray):
             arrays[name] = pa.array(np.concatenate(chunks))
         else:
@@ -330,13 +375,17 @@ def columns_table(buffer: dict[str, list[Any]], export_format: str = "parquet") 
     return pa.table(arrays)
 
 
-def _dictionary_array(chunks: list[DictColumn], export_format: str) -> Any:
+def _dictionary_array(chunks: list[DictColumn], row_chunk: np.ndarray, export_format: str) -> Any:
     """Many prompts' dictionary columns as one Arrow dictionary array (each prompt's indices shifted)."""
     pa = _pyarrow()
-    offsets = np.cumsum([0] + [len(chunk.values) for chunk in chunks[:-1]])
-    indices = np.concatenate([chunk.indices + offset for chunk, offset in zip(chunks, offsets, strict=True)])
+    sizes = np.fromiter((len(chunk.values) for chunk in chunks), dtype=np.int32, count=len(chunks))
+    if (sizes == 1).all():  # one value per prompt (its id, model, method): the row's prompt is the index
+        indices = row_chunk
+    else:
+        offsets = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.int32)
+        indices = np.concatenate([chunk.indices for chunk in chunks]) + offsets[row_chunk]
     dictionary = pa.array([value for chunk in chunks for value in chunk.values], type=pa.string())
-    array = pa.DictionaryArray.from_arrays(pa.array(indices.astype(np.int32)), dictionary)
+    array = pa.DictionaryArray.from_arrays(pa.array(indices, type=pa.int32()), dictionary)
     # CSV has no dictionaries; Parquet keeps them (and DuckDB, pandas and Polars read them as strings).
     return array.cast(pa.string()) if export_format == "csv" else array
 

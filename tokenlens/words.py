@@ -38,12 +38,12 @@ import bisect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from tokenlens.errors import TokenLensError
-from tokenlens.schema import AnalysisResult, TokenInfo, normalize_rows
+from tokenlens.schema import AnalysisResult, normalize_rows
 
 LEVELS = ("token", "word", "sentence")
 AGGREGATIONS = ("sum", "max")
@@ -70,6 +70,21 @@ def check_aggregation(how: str) -> str:
     if how not in AGGREGATIONS:
         raise GroupingError(f"unknown aggregation {how!r}; use one of {', '.join(AGGREGATIONS)}")
     return how
+
+
+class TokenLike(Protocol):
+    """What grouping reads of a token: `TokenInfo`, or the export's lighter record of one."""
+
+    @property
+    def token(self) -> str: ...
+    @property
+    def clean_token(self) -> str: ...
+    @property
+    def is_template(self) -> bool: ...
+    @property
+    def probability(self) -> float | None: ...
+    @property
+    def span(self) -> list[int] | None: ...
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,7 @@ def _common_prefix(first: str, second: str) -> int:
 # --- grouping ---------------------------------------------------------------------------------------------------
 
 
-def fallback_text_and_spans(tokens: Sequence[TokenInfo]) -> tuple[str, list[Span]]:
+def fallback_text_and_spans(tokens: Sequence[TokenLike]) -> tuple[str, list[Span]]:
     """The tokenizer-free rule for files without spans (see the module docstring)."""
     pieces, spans, position = [], [], 0
     for token in tokens:
@@ -148,7 +163,7 @@ def fallback_text_and_spans(tokens: Sequence[TokenInfo]) -> tuple[str, list[Span
     return "".join(pieces), spans
 
 
-def sequence_text_and_spans(tokens: Sequence[TokenInfo], text: str | None) -> tuple[str, list[Span | None]]:
+def sequence_text_and_spans(tokens: Sequence[TokenLike], text: str | None) -> tuple[str, list[Span | None]]:
     """The text and spans to group `tokens` by: their stored spans in `text`, else the fallback rule."""
     stored: list[Span | None] = []
     for token in tokens:
@@ -175,7 +190,7 @@ def _unit_starts(text: str, level: str) -> list[int]:
     return starts
 
 
-def group_tokens(tokens: Sequence[TokenInfo], text: str | None, level: str) -> list[TokenGroup]:
+def group_tokens(tokens: Sequence[TokenLike], text: str | None, level: str) -> list[TokenGroup]:
     """`tokens` grouped into words or sentences (`level`), in order; every token is in exactly one group."""
     check_level(level)
     if level == "token":
@@ -219,7 +234,7 @@ def _fill_open_keys(keys: list[tuple[str, int] | None], *, prefer_next: bool) ->
         keys[index] = chosen or ("alone", index)
 
 
-def _make_group(tokens: Sequence[TokenInfo], text: str, spans: Sequence[Span | None], members: list[int]) -> TokenGroup:
+def _make_group(tokens: Sequence[TokenLike], text: str, spans: Sequence[Span | None], members: list[int]) -> TokenGroup:
     template = all(tokens[i].is_template for i in members)
     located = [spans[i] for i in members if spans[i] is not None and not tokens[i].is_template]
     if located and not template:

@@ -1,0 +1,151 @@
+"""Export benchmark: `tokenlens export` of a synthetic run, its memory, and a DuckDB question on the output.
+
+A run of N prompts (default 20,000), each 20 input x 64 output tokens with random scores, is written in the
+real layout (half json, half compact, like a run with ``--result-format auto`` around the threshold). Then,
+in a fresh process (so its peak RSS is the export's own), `tokenlens.export.export_run` writes the token-level
+Parquet tables, and DuckDB answers "the top 20 input tokens by total attribution" on them.
+
+Goals (issue 16): export under 60 s with under 1 GB RSS; the DuckDB query under 1 s.
+
+    python bench/bench_export.py                 # 20,000 prompts; writes bench/export_results.json and a
+                                                 # section of bench/results.md
+    python bench/bench_export.py --prompts 2000  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from report_sections import replace_section  # noqa: E402 (bench/ is on sys.path when this file runs)
+
+from tests.fixtures.synthetic_runs import synthetic_result  # noqa: E402
+from tokenlens.result_codec import encode_result  # noqa: E402
+from tokenlens.results import RunStore  # noqa: E402
+from tokenlens.schema import RunManifest  # noqa: E402
+
+RUN_ID = "bench-export"
+TEMPLATES = 200
+QUERY = (
+    "SELECT source_clean_token, sum(score) AS total FROM read_parquet('{dest}/attributions/*.parquet') "
+    "WHERE source_kind = 'prompt' GROUP BY 1 ORDER BY total DESC LIMIT 20"
+)
+
+EXPORT_CHILD = """
+import json, resource, sys, time
+from tokenlens.export import export_run
+started = time.perf_counter()
+report = export_run(sys.argv[1], sys.argv[2], sys.argv[3])
+seconds = time.perf_counter() - started
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu = usage.ru_utime + usage.ru_stime
+print(json.dumps({"seconds": seconds, "cpu_s": cpu, "peak_rss_mb": usage.ru_maxrss / 1024, "rows": report.rows}))
+"""
+
+
+def write_run(results: Path, n_prompts: int, n_in: int, n_out: int) -> None:
+    """The run's files, written straight to disk (setup, not measured): a few hundred distinct results, each
+    stored under many prompt ids with its prompt_id rewritten, so that setup takes seconds, not minutes."""
+    rng = np.random.default_rng(0)
+    folder = results / "runs" / RUN_ID / "results"
+    folder.mkdir(parents=True)
+    bodies = []
+    for index in range(TEMPLATES):
+        result = synthetic_result(RUN_ID, "TEMPLATE", rng, n_in=n_in, n_out=n_out)
+        fmt = "json" if index % 2 == 0 else "compact"
+        body = encode_result(result, fmt).body
+        bodies.append((fmt, gzip.decompress(body) if fmt == "compact" else body))
+    ids = [f"p{index:06d}" for index in range(n_prompts)]
+    for index, prompt_id in enumerate(ids):
+        fmt, plain = bodies[index % TEMPLATES]
+        body = plain.replace(b'"prompt_id":"TEMPLATE"', f'"prompt_id":"{prompt_id}"'.encode())
+        (folder / f"{prompt_id}.json").write_bytes(gzip.compress(body, 1, mtime=0) if fmt == "compact" else body)
+    from storage_backends import LocalStorage
+
+    RunStore(LocalStorage(results), RUN_ID).write_manifest(
+        RunManifest(
+            run_id=RUN_ID, model="synthetic/tiny-model", method="saliency", prompt_count=n_prompts, prompt_ids=ids
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=20_000)
+    parser.add_argument("--n-in", type=int, default=20)
+    parser.add_argument("--n-out", type=int, default=64)
+    parser.add_argument("--no-report", action="store_true", help="Print only; leave bench/results.md alone.")
+    args = parser.parse_args()
+    import duckdb
+
+    with tempfile.TemporaryDirectory(prefix="tokenlens-bench-export-") as work:
+        results, dest = Path(work) / "results", Path(work) / "export"
+        started = time.perf_counter()
+        write_run(results, args.prompts, args.n_in, args.n_out)
+        print(f"wrote {args.prompts} results in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        done = subprocess.run(
+            [sys.executable, "-c", EXPORT_CHILD, str(results), RUN_ID, str(dest)],
+            capture_output=True, text=True, env=env, check=True,
+        )  # fmt: skip
+        export = json.loads(done.stdout.strip().splitlines()[-1])
+        size_mb = sum(path.stat().st_size for path in dest.rglob("*.parquet")) / 2**20
+        query = QUERY.format(dest=dest)
+        timings = []
+        for _ in range(3):
+            connection = duckdb.connect()
+            began = time.perf_counter()
+            top = connection.sql(query).fetchall()
+            timings.append(time.perf_counter() - began)
+            connection.close()
+    report = {
+        "prompts": args.prompts,
+        "shape": [args.n_in, args.n_out],
+        "export_s": round(export["seconds"], 2),
+        # CPU seconds of the export process (threads included): the wall time on an idle machine, roughly.
+        "export_cpu_s": round(export["cpu_s"], 2),
+        "export_peak_rss_mb": round(export["peak_rss_mb"]),
+        "rows": export["rows"],
+        "parquet_mb": round(size_mb, 1),
+        "duckdb_top20_first_s": round(timings[0], 3),
+        "duckdb_top20_best_s": round(min(timings), 3),
+        "top_tokens": [row[0] for row in top[:5]],
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}",
+        "load_average": os.getloadavg()[0],
+    }
+    print(json.dumps(report, indent=2))
+    if args.no_report:
+        return
+    (REPO / "bench" / "export_results.json").write_text(json.dumps(report, indent=2) + "\n")
+    rows = report["rows"]["attributions"]
+    text = f"""## Export: a run as Parquet (`bench/bench_export.py`)
+
+{args.prompts:,} synthetic results of {args.n_in} x {args.n_out} tokens (half json, half compact), token level,
+on {report["machine"]} (load average {report["load_average"]:.1f} when it ran).
+
+| measure | result | goal |
+| --- | --- | --- |
+| `export_run` wall time | {report["export_s"]} s | < 60 s |
+| `export_run` CPU time (user + system, all threads) | {report["export_cpu_s"]} s | |
+| export peak RSS (its own process) | {report["export_peak_rss_mb"]} MB | < 1 GB |
+| rows written | {rows:,} ({report["parquet_mb"]} MB of Parquet) | |
+| DuckDB: top 20 input tokens by total attribution | {report["duckdb_top20_first_s"]} s first, {report["duckdb_top20_best_s"]} s best of 3 | < 1 s |
+"""
+    replace_section(REPO / "bench" / "results.md", "export", text)
+
+
+if __name__ == "__main__":
+    main()
