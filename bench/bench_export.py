@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,13 @@ def main() -> None:
     parser.add_argument("--n-in", type=int, default=20)
     parser.add_argument("--n-out", type=int, default=64)
     parser.add_argument("--no-report", action="store_true", help="Print only; leave bench/results.md alone.")
+    parser.add_argument(
+        "--report-only", action="store_true", help="Rewrite the results.md section from bench/export_results.json."
+    )
     args = parser.parse_args()
+    if args.report_only:
+        write_section(json.loads((REPO / "bench" / "export_results.json").read_text()))
+        return
     import duckdb
 
     with tempfile.TemporaryDirectory(prefix="tokenlens-bench-export-") as work:
@@ -130,20 +137,35 @@ def main() -> None:
     if args.no_report:
         return
     (REPO / "bench" / "export_results.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_section(report)
+
+
+def _met(value: float, goal: float) -> str:
+    return "yes" if value < goal else "**no**"
+
+
+def write_section(report: dict[str, Any]) -> None:
+    """The export section of bench/results.md, from one run's report."""
     rows = report["rows"]["attributions"]
     query_s = f"{report['duckdb_top20_first_s']} s first, {report['duckdb_top20_best_s']} s best of 3"
+    query_met = _met(report["duckdb_top20_best_s"], 1)
+    rss_met = _met(report["export_peak_rss_mb"], 1024)
     text = f"""## Export: a run as Parquet (`bench/bench_export.py`)
 
-{args.prompts:,} synthetic results of {args.n_in} x {args.n_out} tokens (half json, half compact), token level,
-on {report["machine"]} (load average {report["load_average"]:.1f} when it ran).
+{report["prompts"]:,} synthetic results of {report["shape"][0]} x {report["shape"][1]} tokens (half json, half
+compact), token level, on {report["machine"]}, load average {report["load_average"]:.1f} when it ran.
 
-| measure | result | goal |
-| --- | --- | --- |
-| `export_run` wall time | {report["export_s"]} s | < 60 s |
-| `export_run` CPU time (user + system, all threads) | {report["export_cpu_s"]} s | |
-| export peak RSS (its own process) | {report["export_peak_rss_mb"]} MB | < 1 GB |
-| rows written | {rows:,} ({report["parquet_mb"]} MB of Parquet) | |
-| DuckDB: top 20 input tokens by total attribution | {query_s} | < 1 s |
+| measure | result | goal | met |
+| --- | --- | --- | --- |
+| `export_run` wall time | {report["export_s"]} s | < 60 s | {_met(report["export_s"], 60)} |
+| `export_run` CPU time (user + system, all threads) | {report["export_cpu_s"]} s | | |
+| export peak RSS (its own process) | {report["export_peak_rss_mb"]} MB | < 1 GB | {rss_met} |
+| rows written | {rows:,} ({report["parquet_mb"]} MB of Parquet) | | |
+| DuckDB: top 20 input tokens by total attribution | {query_s} | < 1 s | {query_met} |
+
+On a shared machine the wall times are several times the CPU time (the load average is the number of
+processes wanting the 2 cores). The CPU time is what the export costs on its own: on an idle core it
+would take about that long.
 """
     replace_section(REPO / "bench" / "results.md", "export", text)
 
