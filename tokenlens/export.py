@@ -420,6 +420,10 @@ def export_run(
     store = RunStore(open_storage(results_url), run_id)
     manifest = store.read_manifest()
     target = open_storage(dest)
+    for table in TABLES:
+        if next(iter(target.list(f"{table}/")), None) is not None:
+            # Parts of an earlier export would be read together with the new ones and count twice.
+            raise ExportError(f"{dest} already holds an export ({table}/); pass an empty --dest or remove it")
     unreadable: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="tokenlens-export-") as staging:
         attributions = PartWriter(target, "attributions", export_format, Path(staging))
@@ -453,7 +457,8 @@ def _walk(
                 view = ResultView.of(store.read_result_bytes(prompt_id), source)
             except ResultFormatError as exc:
                 unreadable[prompt_id] = str(exc)
-            if view is not None and not view.prompt_id:
+            if view is not None and view.prompt_id != prompt_id:
+                # The file's name is the prompt's id: a file that says otherwise (edited, copied) can't borrow one.
                 view = ResultView(prompt_id, view.metadata, view.input_tokens, view.output_tokens, view.matrix)
         elif prompt_id in errors:
             try:

@@ -139,3 +139,20 @@ def test_export_to_s3_is_read_back_by_duckdb_through_the_store(run_dir: Path, s3
     assert keys == ["attributions/part-00000.parquet", "prompts/part-00000.parquet"]
     table = pq.read_table(io.BytesIO(storage.get("attributions/part-00000.parquet")))
     assert table.num_rows == report.rows["attributions"]
+
+
+def test_an_earlier_export_is_never_mixed_in_and_file_names_are_the_ids(run_dir: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    export.export_run(str(run_dir), "r1", str(tmp_path / "out"))
+    with pytest.raises(export.ExportError, match="already holds an export"):
+        export.export_run(str(run_dir), "r1", str(tmp_path / "out"), level="word")
+    # A result file whose metadata claims another prompt's id is exported under its own file's id.
+    (run_dir / "runs/r1/results/p000004.json").write_bytes(
+        (run_dir / "runs/r1/results/p000004.json")
+        .read_bytes()
+        .replace(b'"prompt_id":"p000004"', b'"prompt_id":"p000000"')
+    )
+    export.export_run(str(run_dir), "r1", str(tmp_path / "again"))
+    counts = pd.read_parquet(tmp_path / "again/attributions").prompt_id.value_counts()
+    assert counts["p000004"] == counts["p000000"] == reachable_cells(N_IN, N_OUT)
