@@ -27,7 +27,11 @@ def _progress_bar(total: int, unit: str, label: str) -> Any:
     "--level", type=click.Choice(["token", "word", "sentence"]), default="token", show_default=True,
     help="Rows per token, or per word or sentence (scores summed over each group's tokens).",
 )  # fmt: skip
-def export_command(run_id: str, results_url: str | None, dest: str, export_format: str, level: str) -> None:
+@click.option(
+    "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Processes exporting at once (each takes a slice of the prompts and writes its own part files).",
+)  # fmt: skip
+def export_command(run_id: str, results_url: str | None, dest: str, export_format: str, level: str, jobs: int) -> None:
     """Write RUN_ID's results as tables: DEST/attributions/ (one row per output x source) and DEST/prompts/.
 
     \b
@@ -44,7 +48,7 @@ def export_command(run_id: str, results_url: str | None, dest: str, export_forma
     bar = _progress_bar(total, "prompt", f"export {run_id}")
     report = export_run(
         settings.results_url, run_id, dest, export_format=export_format, level=level,
-        on_prompt=lambda: bar.update(1),
+        jobs=jobs, on_progress=bar.update,
     )  # fmt: skip
     bar.close()
     click.echo(f"{report.rows['attributions']} attribution rows, {report.rows['prompts']} prompts -> {dest}")

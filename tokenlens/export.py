@@ -18,8 +18,10 @@ tokens' probabilities.
 pending), token counts, ``timings_s`` (JSON of seconds per phase), ``error_type`` and ``error_message``.
 
 Results are read one at a time (either result format, through `tokenlens.result_codec`) and written in
-row groups, so memory stays bounded by `ROWS_PER_GROUP`, whatever the run's size. A part file is finished
-every `ROWS_PER_PART` rows; an ``s3://`` destination receives each finished part through storage_backends.
+row groups, so memory stays bounded by `ROWS_PER_GROUP`, whatever the run's size. The prompts are exported
+in slices of `PROMPTS_PER_SLICE`, each into its own part files (``part-<slice>-<part>``, a new part every
+`ROWS_PER_PART` rows), by one process or by ``jobs`` processes at once; an ``s3://`` destination receives
+each finished part through storage_backends.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import json
 import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,8 @@ TABLES = ("attributions", "prompts")
 ROWS_PER_GROUP = 1_000_000
 #: Rows per part file; a part is uploaded whole to an object store.
 ROWS_PER_PART = 8_000_000
+#: Prompts per slice: each slice is exported (by one process) into part files of its own.
+PROMPTS_PER_SLICE = 2_000
 
 
 class ExportError(TokenLensError):
@@ -270,8 +274,9 @@ def prompt_row(
 class PartWriter:
     """Rows of one table in, part files out (Parquet row groups, or CSV), to a folder or an object store."""
 
-    def __init__(self, storage: Storage, table: str, export_format: str, staging: Path) -> None:
+    def __init__(self, storage: Storage, table: str, export_format: str, staging: Path, slice_index: int = 0) -> None:
         self.storage, self.table, self.format, self.staging = storage, table, export_format, staging
+        self.slice_index = slice_index
         self.buffer: dict[str, list[Any]] = {}
         self.buffered_rows = 0
         self.part_rows = 0
@@ -314,7 +319,7 @@ class PartWriter:
             self._close_part()
 
     def _open(self, schema: Any) -> None:
-        self.path = self.staging / f"{self.table}-part-{self.part_index:05d}.{self.format}"
+        self.path = self.staging / f"{self.table}-{self._name()}"
         if self.format == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -330,6 +335,9 @@ class PartWriter:
 
             self.writer = pacsv.CSVWriter(str(self.path), schema)
 
+    def _name(self) -> str:
+        return f"part-{self.slice_index:05d}-{self.part_index:03d}.{self.format}"
+
     def _wait(self) -> None:
         if self.pending is not None:
             self.pending.result()
@@ -340,7 +348,7 @@ class PartWriter:
         if self.writer is None or self.path is None:
             return
         self.writer.close()
-        key = f"{self.table}/part-{self.part_index:05d}.{self.format}"
+        key = f"{self.table}/{self._name()}"
         self.storage.put(key, self.path.read_bytes())
         self.path.unlink()
         self.keys.append(key)
@@ -403,6 +411,29 @@ class ExportReport:
     unreadable: dict[str, str]
 
 
+@dataclass(frozen=True)
+class PromptEntry:
+    """One prompt as the export walks it: whether it has a result or an error record, and its text."""
+
+    prompt_id: str
+    has_result: bool
+    has_error: bool
+    prompt: str | None
+
+
+@dataclass(frozen=True)
+class SliceJob:
+    """A slice of a run's prompts that one process exports into part files of its own."""
+
+    results_url: str
+    run_id: str
+    dest: str
+    export_format: str
+    level: str
+    index: int
+    prompts: list[PromptEntry]
+
+
 def export_run(
     results_url: str,
     run_id: str,
@@ -410,9 +441,14 @@ def export_run(
     *,
     export_format: str = "parquet",
     level: str = "token",
-    on_prompt: Callable[[], None] | None = None,
+    jobs: int = 1,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ExportReport:
-    """Write the run's attributions and prompts tables under `dest` (a folder or an s3:// prefix)."""
+    """Write the run's attributions and prompts tables under `dest` (a folder or an s3:// prefix).
+
+    The prompts are exported in slices of `PROMPTS_PER_SLICE`, each into part files of its own, by `jobs`
+    processes at once (one by default); `on_progress(n)` is called as each slice's n prompts are done.
+    """
     if export_format not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {export_format!r}; use one of {', '.join(EXPORT_FORMATS)}")
     check_level(level)
@@ -424,34 +460,71 @@ def export_run(
         if next(iter(target.list(f"{table}/")), None) is not None:
             # Parts of an earlier export would be read together with the new ones and count twice.
             raise ExportError(f"{dest} already holds an export ({table}/); pass an empty --dest or remove it")
+    entries = _prompt_entries(store, manifest.prompt_ids)
+    slices = [
+        SliceJob(results_url, run_id, dest, export_format, level, index, entries[start : start + PROMPTS_PER_SLICE])
+        for index, start in enumerate(range(0, len(entries), PROMPTS_PER_SLICE))
+    ]
+    report = ExportReport(dest, {"attributions": 0, "prompts": 0}, [], {})
+    if jobs <= 1 or len(slices) <= 1:
+        outcomes: Iterator[ExportReport] = (export_slice(job) for job in slices)
+        for outcome, job in zip(outcomes, slices, strict=True):
+            _merge(report, outcome, job, on_progress)
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(export_slice, job): job for job in slices}
+            for future in as_completed(futures):
+                _merge(report, future.result(), futures[future], on_progress)
+    report.files.sort()
+    return report
+
+
+def _merge(
+    report: ExportReport, outcome: ExportReport, job: SliceJob, on_progress: Callable[[int], None] | None
+) -> None:
+    for table, rows in outcome.rows.items():
+        report.rows[table] += rows
+    report.files.extend(outcome.files)
+    report.unreadable.update(outcome.unreadable)
+    if on_progress is not None:
+        on_progress(len(job.prompts))
+
+
+def export_slice(job: SliceJob) -> ExportReport:
+    """Export one slice of prompts into its own part files (run in a worker process when `jobs` > 1)."""
+    store = RunStore(open_storage(job.results_url), job.run_id)
+    target = open_storage(job.dest)
     unreadable: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="tokenlens-export-") as staging:
-        attributions = PartWriter(target, "attributions", export_format, Path(staging))
-        prompts = PartWriter(target, "prompts", export_format, Path(staging))
-        for prompt_id, prompt, view, error in _walk(store, manifest.prompt_ids, unreadable):
+        attributions = PartWriter(target, "attributions", job.export_format, Path(staging), job.index)
+        prompts = PartWriter(target, "prompts", job.export_format, Path(staging), job.index)
+        for entry, view, error in _walk(store, job.prompts, unreadable):
             if view is not None:
-                columns = attribution_columns(view, level, run_id)
+                columns = attribution_columns(view, job.level, job.run_id)
                 attributions.add(columns, len(columns["score"]))
-            prompts.add_row(prompt_row(run_id, prompt_id, prompt, view, error))
-            if on_prompt is not None:
-                on_prompt()
+            prompts.add_row(prompt_row(job.run_id, entry.prompt_id, entry.prompt, view, error))
         files = attributions.close() + prompts.close()
-    return ExportReport(dest, {"attributions": attributions.rows, "prompts": prompts.rows}, files, unreadable)
+    return ExportReport(job.dest, {"attributions": attributions.rows, "prompts": prompts.rows}, files, unreadable)
 
 
-def _walk(
-    store: RunStore, prompt_ids: list[str], unreadable: dict[str, str]
-) -> Iterator[tuple[str, str | None, ResultView | None, dict[str, Any] | None]]:
-    """Every prompt of the run in order: its result (read one at a time) or its error record."""
+def _prompt_entries(store: RunStore, prompt_ids: list[str]) -> list[PromptEntry]:
+    """Every prompt of the run in order (run.json's, then any other stored), with what is stored for it."""
     results = store.ids("results")
     errors = store.ids("errors")
     texts = {pid: record.prompt for pid, record in store.read_prompts().items()}
     ordered = list(prompt_ids) or sorted(results | errors)
-    for extra in sorted((results | errors) - set(ordered)):
-        ordered.append(extra)
-    for prompt_id in ordered:
+    ordered += sorted((results | errors) - set(ordered))
+    return [PromptEntry(pid, pid in results, pid in errors, texts.get(pid)) for pid in ordered]
+
+
+def _walk(
+    store: RunStore, entries: list[PromptEntry], unreadable: dict[str, str]
+) -> Iterator[tuple[PromptEntry, ResultView | None, dict[str, Any] | None]]:
+    """Each prompt with its result (read one at a time) or its error record."""
+    for entry in entries:
         view = error = None
-        if prompt_id in results:
+        prompt_id = entry.prompt_id
+        if entry.has_result:
             source = f"{store.storage.url.rstrip('/')}/{store.key('results', prompt_id)}"
             try:
                 view = ResultView.of(store.read_result_bytes(prompt_id), source)
@@ -460,9 +533,9 @@ def _walk(
             if view is not None and view.prompt_id != prompt_id:
                 # The file's name is the prompt's id: a file that says otherwise (edited, copied) can't borrow one.
                 view = ResultView(prompt_id, view.metadata, view.input_tokens, view.output_tokens, view.matrix)
-        elif prompt_id in errors:
+        elif entry.has_error:
             try:
                 error = store.read_error(prompt_id).model_dump()
             except ValueError as exc:
                 unreadable[prompt_id] = f"unreadable error record: {exc}"
-        yield prompt_id, texts.get(prompt_id), view, error
+        yield entry, view, error

@@ -121,7 +121,7 @@ def test_cli_export_and_its_errors(run_dir: Path, tmp_path: Path, capsys: pytest
     code, out, _err = run_tokenlens(
         ["export", "r1", "--results", str(run_dir), "--dest", str(tmp_path / "cli"), "--level", "word"], capsys
     )
-    assert code == 0 and "9 prompts" in out and (tmp_path / "cli/attributions/part-00000.parquet").exists()
+    assert code == 0 and "9 prompts" in out and (tmp_path / "cli/attributions/part-00000-000.parquet").exists()
     code, _out, err = run_tokenlens(["export", "nope", "--results", str(run_dir), "--dest", str(tmp_path)], capsys)
     assert code == 2 and "run 'nope' not found" in err and len(err.strip().splitlines()) == 1
 
@@ -136,8 +136,8 @@ def test_export_to_s3_is_read_back_by_duckdb_through_the_store(run_dir: Path, s3
     report = export.export_run(str(run_dir), "r1", dest)
     storage = open_storage(dest)
     keys = sorted(info.key for info in storage.list(""))
-    assert keys == ["attributions/part-00000.parquet", "prompts/part-00000.parquet"]
-    table = pq.read_table(io.BytesIO(storage.get("attributions/part-00000.parquet")))
+    assert keys == ["attributions/part-00000-000.parquet", "prompts/part-00000-000.parquet"]
+    table = pq.read_table(io.BytesIO(storage.get("attributions/part-00000-000.parquet")))
     assert table.num_rows == report.rows["attributions"]
 
 
@@ -156,3 +156,20 @@ def test_an_earlier_export_is_never_mixed_in_and_file_names_are_the_ids(run_dir:
     export.export_run(str(run_dir), "r1", str(tmp_path / "again"))
     counts = pd.read_parquet(tmp_path / "again/attributions").prompt_id.value_counts()
     assert counts["p000004"] == counts["p000000"] == reachable_cells(N_IN, N_OUT)
+
+
+def test_slices_in_several_processes_write_the_same_rows(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    monkeypatch.setattr(export, "PROMPTS_PER_SLICE", 2)
+    done: list[int] = []
+    one = export.export_run(str(run_dir), "r1", str(tmp_path / "one"))
+    two = export.export_run(str(run_dir), "r1", str(tmp_path / "two"), jobs=2, on_progress=done.append)
+    assert sum(done) == 9 and len(done) == 5  # 9 prompts in slices of 2, each reported when finished
+    assert one.rows == two.rows and len([f for f in two.files if f.startswith("attributions/")]) == 5
+    columns = ["prompt_id", "output_position", "source_position"]
+    first = pd.read_parquet(tmp_path / "one/attributions").sort_values(columns).reset_index(drop=True)
+    second = pd.read_parquet(tmp_path / "two/attributions").sort_values(columns).reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, second)
