@@ -19,6 +19,8 @@ from tokenlens.cli_options import (
     method_flags,
     method_options,
     model_option,
+    prompt_source,
+    prompt_source_options,
     results_option,
     run_id_option,
 )
@@ -26,7 +28,8 @@ from tokenlens.settings import Settings
 
 
 @click.command("submit")
-@click.argument("prompts", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("prompts", type=click.Path(path_type=Path))
+@prompt_source_options
 @model_option(required=True, help="Alias, Hugging Face id, local dir or .gguf; workers use the same.")
 @attribution_options
 @results_option()
@@ -68,12 +71,13 @@ def submit_command(
     from tokenlens.spec import RunSpec, new_run_id
 
     settings = Settings.from_env(results_url=results_url, broker_url=broker_url)
+    source = prompt_source(prompts, flags)
     spec = RunSpec(
         run_id=run_id or new_run_id(method), model=model, results_url=settings.results_url, method=method,
         engine=engine, method_params=method_flags(flags), max_new_tokens=max_new_tokens, chat_template=chat,
         batch_size=batch_size, result_format=result_format,
     )  # fmt: skip
-    report = submit_run(spec, prompts, broker_url=settings.broker_url, signing_key=settings.queue_key)
+    report = submit_run(spec, source, broker_url=settings.broker_url, signing_key=settings.queue_key)
     verb = "resumed" if report.resumed else "submitted"
     click.echo(
         f"{verb} run {report.run_id}: {report.enqueued_prompts} prompts in {report.enqueued_batches} batches "

@@ -23,6 +23,7 @@ from tokenlens.dead_letters import RunDeadLetters, read_run_dead_letters
 from tokenlens.errors import TokenLensError
 from tokenlens.plan import plan_run
 from tokenlens.progress import RunCounts, read_progress
+from tokenlens.prompt_sets import PromptSource
 from tokenlens.queue import BrokerError, QueueProgress, RunQueue, connect_broker, queue_name
 from tokenlens.results import RunStore
 from tokenlens.schema import RunManifest
@@ -44,7 +45,7 @@ class SubmitReport:
 
 
 def submit_run(
-    spec: RunSpec, prompts_path: str | Path, *, broker_url: str, signing_key: str | None = None
+    spec: RunSpec, prompts_path: str | Path | PromptSource, *, broker_url: str, signing_key: str | None = None
 ) -> SubmitReport:
     """Validate a prompt set and queue it for `spec.model`'s workers; nothing is enqueued if anything is wrong.
 

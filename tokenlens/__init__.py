@@ -24,6 +24,7 @@ _LAZY = {
     "AnalysisMetadata": "tokenlens.schema",
     "load_model": "tokenlens.models",
     "TokenLensError": "tokenlens.errors",
+    "open_run": "tokenlens.run_dataset",
 }
 
 __all__ = sorted(_LAZY)

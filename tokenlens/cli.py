@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("producer.fetch:runs_command", "List the runs under a results URL."),
     "worker": ("worker.cli:worker_command", "Start a worker that attributes one model's queue."),
     "ui": ("ui.server:ui_command", "Serve the read-only web UI over a results URL."),
+    "export": ("tokenlens.cli_data:export_command", "Write a run as Parquet or CSV tables (tokens, words, sentences)."),
+    "import": ("tokenlens.cli_data:import_command", "Import the seed's Inseq tree or TokenLens JSON folders as runs."),
 }
 
 

@@ -10,6 +10,7 @@ torch nor Inseq, so `tokenlens status --help` stays fast.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -17,6 +18,7 @@ import click
 from tokenlens import defaults
 from tokenlens.engine.registry import ENGINES
 from tokenlens.models import DTYPES
+from tokenlens.prompt_sets import PromptSource
 from tokenlens.result_codec import FORMAT_CHOICES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -140,3 +142,26 @@ def method_options(func: F) -> F:
 def method_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
     """The method options given on the command line, by registry name (None where not given)."""
     return {name: flags.get(name) for name in METHOD_OPTION_FLAGS}
+
+
+def prompt_source_options(func: F) -> F:
+    """`--column`, `--id-column`, `--split`, `--limit`: which part of a table or dataset prompt set to read."""
+    return stack(
+        click.option("--column", default="prompt", show_default=True, help="Tables and datasets: the prompt column."),
+        click.option("--id-column", default=None, help="Tables and datasets: the id column (default: id, if any)."),
+        click.option("--split", default=None, help="Datasets: the split to read (default: train, or the only one)."),
+        click.option(
+            "--limit", type=click.IntRange(min=1), default=None, help="Tables and datasets: the first N rows."
+        ),
+    )(func)
+
+
+def prompt_source(path: Path, flags: dict[str, Any]) -> PromptSource:
+    """The prompt set a command was given, with the table options popped from its `flags`."""
+    return PromptSource(
+        str(path),
+        column=flags.pop("column"),
+        id_column=flags.pop("id_column"),
+        split=flags.pop("split"),
+        limit=flags.pop("limit"),
+    )

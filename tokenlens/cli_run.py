@@ -20,6 +20,8 @@ from tokenlens.cli_options import (
     method_flags,
     method_options,
     model_option,
+    prompt_source,
+    prompt_source_options,
     results_option,
     run_id_option,
 )
@@ -31,7 +33,8 @@ if TYPE_CHECKING:
 
 
 @click.command("run")
-@click.argument("prompts", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("prompts", type=click.Path(path_type=Path))
+@prompt_source_options
 @model_option(required=False)
 @attribution_options
 @results_option()
@@ -79,9 +82,10 @@ def run_command(
     """Attribute every prompt in PROMPTS with one model, in this process, and store the results.
 
     PROMPTS is a .jsonl file (fields: prompt, optional id, target, max_new_tokens), a .csv file with a
-    `prompt` column, or a .txt file with one prompt per line. Everything is validated before the model
-    loads. Results go to RESULTS/runs/<run_id>/ as one TokenLens JSON file per prompt; a prompt that
-    fails is recorded in errors/ and the others go on (the exit code is then 1).
+    `prompt` column, a .txt file with one prompt per line, a .parquet or .arrow table, a Hugging Face
+    `datasets` folder or hf:<dataset id> (--column, --id-column, --split, --limit). Everything is
+    validated before the model loads. Results go to RESULTS/runs/<run_id>/ as one TokenLens JSON file
+    per prompt; a prompt that fails is recorded in errors/ and the others go on (the exit code is then 1).
 
     \b
     Examples:
@@ -95,12 +99,13 @@ def run_command(
 
     settings = Settings.from_env(results_url=results_url, max_attempts=max_attempts)
     # Everything cheap is validated before the model loads (seconds to minutes).
+    source = prompt_source(prompts, flags)
     spec = RunSpec(
         run_id=run_id or new_run_id(method), model=model, results_url=settings.results_url, method=method,
         engine=engine, method_params=method_flags(flags), max_new_tokens=max_new_tokens, chat_template=chat,
         dtype=dtype, batch_size=batch_size, result_format=result_format,
     )  # fmt: skip
-    plan = plan_run(spec, prompts, mode="embedded")
+    plan = plan_run(spec, source, mode="embedded")
     spec, records, storage = plan.spec, plan.records, plan.storage
     click.echo(f"run {spec.run_id}: {len(records)} prompts, {method} ({spec.resolved_engine} engine), model {model}")
     click.echo(f"loading {model} ...", err=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from storage_backends import Storage, open_storage
 from tokenlens.batch import PromptRecord
 from tokenlens.errors import TokenLensError
-from tokenlens.prompt_sets import read_prompt_set
+from tokenlens.prompt_sets import PromptSource, read_prompt_set
 from tokenlens.results import RunStore
 from tokenlens.schema import RunManifest
 from tokenlens.spec import RunSpec
@@ -82,7 +82,7 @@ def check_resumable(previous: RunManifest, manifest: RunManifest) -> None:
         )
 
 
-def plan_run(spec: RunSpec, prompts_path: str | Path, *, mode: str) -> RunPlan:
+def plan_run(spec: RunSpec, prompts_path: str | Path | PromptSource, *, mode: str) -> RunPlan:
     """Read the prompt set, open storage and check a resumed run matches; nothing is written (see `save_manifest`)."""
     records = read_prompt_set(prompts_path)
     storage = open_storage(spec.results_url)

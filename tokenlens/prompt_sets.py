@@ -1,7 +1,13 @@
-"""Read a prompt set (JSONL, CSV or plain text) into validated `PromptRecord`s.
+"""Read a prompt set (JSONL, CSV, plain text, Parquet, Arrow, a Hugging Face dataset) into validated `PromptRecord`s.
 
-Every problem is reported with the file and line (``prompts.jsonl:2: ...``)
-before any model is loaded, so a bad prompt set never costs a run.
+Every problem is reported with the file and line (``prompts.jsonl:2: ...``; for tables, the 1-based
+row) before any model is loaded, so a bad prompt set never costs a run.
+
+Tables (Parquet, Arrow/Feather, a `datasets` folder saved with ``save_to_disk``, or ``hf:<hub id>`` for users
+who have the hub) are read through `PromptSource`: ``column`` holds the prompt (default ``prompt``),
+``id_column`` the id (default ``id`` where the table has it, else row numbers), optional ``target`` and
+``max_new_tokens`` columns are used where present, ``split`` picks a split of a dataset with several, and
+``limit`` keeps the first rows.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +24,64 @@ from pydantic import ValidationError
 from tokenlens.batch import SAFE_ID_HELP, PromptRecord, describe_validation_error, is_safe_id
 from tokenlens.errors import PromptSetError
 
-FORMATS = ("jsonl", "csv", "txt")
+FORMATS = ("jsonl", "csv", "txt", "parquet", "arrow", "hf")
 JSONL_FIELDS = {"id", "prompt", "target", "max_new_tokens"}
+#: The prefix that names a Hugging Face hub dataset instead of a path (``hf:allenai/boolq``).
+HUB_PREFIX = "hf:"
+TABLE_SUFFIXES = {"parquet": "parquet", "pq": "parquet", "arrow": "arrow", "feather": "arrow", "ipc": "arrow"}
+
+
+@dataclass(frozen=True)
+class PromptSource:
+    """Where prompts come from, and which columns of a table hold them (`--column`, `--id-column`, ...)."""
+
+    path: str
+    column: str = "prompt"
+    id_column: str | None = None
+    split: str | None = None
+    limit: int | None = None
+
+    def __str__(self) -> str:
+        return self.path
 
 
 def detect_format(path: Path) -> str:
+    if str(path).startswith(HUB_PREFIX) or path.is_dir():
+        return "hf"
     suffix = path.suffix.lower().lstrip(".")
     if suffix in ("jsonl", "ndjson"):
         return "jsonl"
     if suffix == "csv":
         return "csv"
+    if suffix in TABLE_SUFFIXES:
+        return TABLE_SUFFIXES[suffix]
     if suffix in ("txt", "text", ""):
         return "txt"
     raise PromptSetError(
-        str(path), None, f"unknown prompt file type {path.suffix!r}; use .jsonl, .csv or .txt (one prompt per line)"
+        str(path),
+        None,
+        f"unknown prompt file type {path.suffix!r}; use .jsonl, .csv, .txt (one prompt per line), .parquet, "
+        ".arrow, a `datasets` folder or hf:<dataset id>",
     )
 
 
-def read_prompt_set(path: str | Path, fmt: str | None = None) -> list[PromptRecord]:
+def read_prompt_set(source: str | Path | PromptSource, fmt: str | None = None) -> list[PromptRecord]:
     """Read and validate a whole prompt set; raise `PromptSetError` on the first bad line."""
-    file_path = Path(path)
-    name = str(path)
+    options = source if isinstance(source, PromptSource) else PromptSource(str(source))
+    file_path = Path(options.path)
+    name = options.path
+    kind = fmt or detect_format(file_path)
+    if kind in ("parquet", "arrow", "hf"):
+        from tokenlens.prompt_tables import table_rows
+
+        rows = table_rows(options, kind)
+        if not rows:
+            raise PromptSetError(name, None, "no prompts found; the table has no rows")
+        return _records(name, rows)
+    if options.limit is not None or options.column != "prompt" or options.id_column or options.split:
+        raise PromptSetError(
+            name, None, "--column, --id-column, --split and --limit apply to Parquet, Arrow and datasets prompt sets"
+        )
     if not file_path.is_file():
         raise PromptSetError(name, None, "file not found; pass the path to a .jsonl, .csv or .txt prompt set")
     raw = file_path.read_bytes()
@@ -48,7 +92,6 @@ def read_prompt_set(path: str | Path, fmt: str | None = None) -> list[PromptReco
         raise PromptSetError(
             name, line, f"bytes that are not UTF-8 at byte {exc.start}; re-save the file as UTF-8"
         ) from None
-    kind = fmt or detect_format(file_path)
     if kind == "jsonl":
         rows = _jsonl_rows(name, text)
     elif kind == "csv":

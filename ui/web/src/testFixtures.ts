@@ -45,3 +45,31 @@ export function catResult(): ResultFile {
 export function jsonResponse(body: unknown, status = 200): Response {
   return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
 }
+
+/**
+ * A result whose tokens carry word and sentence marks (as TokenLens writes them): inputs <s> "The" " ca" "t"
+ * " sat" (words 0 1 2 2 3), outputs " on" " ma" "t" (words 0 1 1); one sentence after the template token.
+ */
+export function splitWordResult(): ResultFile {
+  const inputs = [
+    tok("<s>", 1, { is_template: true, word: 0, sentence: 0 }),
+    tok("The", 10, { word: 1, sentence: 1 }),
+    tok(" ca", 11, { word: 2, sentence: 1 }),
+    tok("t", 12, { word: 2, sentence: 1 }),
+    tok(" sat", 13, { word: 3, sentence: 1 }),
+  ];
+  const outputs = [
+    tok(" on", 20, { probability: 0.5, word: 0, sentence: 0 }),
+    tok(" ma", 21, { probability: 0.4, word: 1, sentence: 0 }),
+    tok("t", 22, { probability: 0.5, word: 1, sentence: 0 }),
+  ];
+  const raw = [
+    [5, 1, 2, 3, -1, 0, 0, 0],
+    [1, 0.5, 1, 1, 2, 4, 0, 0],
+    [1, 0.5, -2, 1, 1, 1, 3, 0],
+  ];
+  return {
+    metadata: { llm_id: "test-model", prompt: "The cat sat", attribution_method: "saliency", prompt_id: "w1" },
+    data: { input_tokens: inputs, output_tokens: outputs, association_matrix: raw },
+  };
+}

@@ -36,6 +36,8 @@ export interface HeatMapProps {
   mode: ValueMode;
   activeRow: number | null;
   onPinRow: (row: number) => void;
+  /** What a row and a column stand for ("tokens", "words", "sentences"). */
+  unit?: string;
 }
 
 interface Hover {
@@ -47,7 +49,17 @@ interface Hover {
 
 const clamp = (value: number, low: number, high: number) => Math.min(Math.max(value, low), high);
 
-export function HeatMap({ att, strengths, rows, columns, threshold, mode, activeRow, onPinRow }: HeatMapProps) {
+export function HeatMap({
+  att,
+  strengths,
+  rows,
+  columns,
+  threshold,
+  mode,
+  activeRow,
+  onPinRow,
+  unit = "tokens",
+}: HeatMapProps) {
   const scrollRef = useRef<HTMLDivElement>(null);
   const canvasRef = useRef<HTMLCanvasElement>(null);
   const imageRef = useRef<HTMLCanvasElement | null>(null);
@@ -307,7 +319,7 @@ export function HeatMap({ att, strengths, rows, columns, threshold, mode, active
     <div className="heatmap">
       <div className="heatmap-toolbar">
         <span className="muted">
-          {rows.length} output × {columns.length} source tokens · zoom {Math.round(scale * 100)}% · Ctrl + wheel zooms,
+          {rows.length} output × {columns.length} source {unit} · zoom {Math.round(scale * 100)}% · Ctrl + wheel zooms,
           hover a cell for its value
         </span>
         <div className="button-group" role="group" aria-label="Zoom">

@@ -1,9 +1,9 @@
 import { act, fireEvent, render, screen, within } from "@testing-library/react";
 import { useState } from "react";
 import { describe, expect, it } from "vitest";
-import { DEFAULT_VIEW, toAttribution, type ViewOptions } from "../lib/attribution";
+import { DEFAULT_VIEW, groupAttribution, hasGroups, toAttribution, type ViewOptions } from "../lib/attribution";
 import { useSelection } from "../lib/selection";
-import { catResult } from "../testFixtures";
+import { catResult, splitWordResult } from "../testFixtures";
 import { ResultExplorer } from "./ResultExplorer";
 import { ViewControls } from "./ViewControls";
 
@@ -115,5 +115,34 @@ describe("ResultExplorer", () => {
     expect(first.textContent).toContain("-3.00");
     // Raw strength is |-3| / 6, the largest shown |value| of the whole matrix.
     expect(strength(inputChip(3))).toBeCloseTo(0.5);
+  });
+});
+
+function GroupingHarness() {
+  const att = toAttribution(splitWordResult());
+  const [options, setOptions] = useState<ViewOptions>({ ...DEFAULT_VIEW, hideTemplate: false });
+  const selection = useSelection();
+  return (
+    <>
+      <ViewControls options={options} onChange={setOptions} templateCount={1} canGroup={hasGroups(att)} />
+      <ResultExplorer att={groupAttribution(att, options.level)} options={options} selection={selection} />
+    </>
+  );
+}
+
+describe("token / word / sentence toggle", () => {
+  it("regroups the heat map and the token strips", () => {
+    render(<GroupingHarness />);
+    expect(screen.getByText(/3 output × 8 source tokens/)).toBeTruthy();
+    fireEvent.click(screen.getByRole("radio", { name: "Words" }));
+    expect(screen.getByText(/2 output × 6 source words/)).toBeTruthy();
+    expect(within(outputs()).getAllByRole("option")).toHaveLength(2);
+    fireEvent.click(screen.getByRole("radio", { name: "Sentences" }));
+    expect(screen.getByText(/1 output × 3 source sentences/)).toBeTruthy();
+  });
+
+  it("is disabled for a result without word marks", () => {
+    render(<ViewControls options={DEFAULT_VIEW} onChange={() => {}} templateCount={2} canGroup={hasGroups(toAttribution(catResult()))} />);
+    expect((screen.getByRole("radio", { name: "Words" }) as HTMLInputElement).disabled).toBe(true);
   });
 });

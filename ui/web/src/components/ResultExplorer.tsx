@@ -62,15 +62,19 @@ export interface ResultExplorerProps {
   selection: Selection;
 }
 
+const UNITS = { token: "tokens", word: "words", sentence: "sentences" } as const;
+
+/** `att` is shown as it is: the page groups it into words or sentences (`groupAttribution`) for `options.level`. */
 export function ResultExplorer({ att, options, selection }: ResultExplorerProps) {
   const d = useDerived(att, options, selection.active);
   const chips = sharedChipProps(att, d, options);
+  const unit = UNITS[options.level];
   return (
     <div className="result-grid">
       <div className="result-main">
         <section className="panel tokens-panel" aria-labelledby="input-heading">
           <h2 id="input-heading">
-            Input <span className="muted small">{d.inputColumns.length} tokens</span>
+            Input <span className="muted small">{d.inputColumns.length} {unit}</span>
           </h2>
           <TokenChips
             {...chips}
@@ -81,7 +85,7 @@ export function ResultExplorer({ att, options, selection }: ResultExplorerProps)
           <h2 id="output-heading">
             Output{" "}
             <span className="muted small">
-              {d.outputColumns.length} tokens · hover, Tab or click a token; click pins it
+              {d.outputColumns.length} {unit} · hover, Tab or click one; click pins it
             </span>
           </h2>
           <TokenChips
@@ -95,7 +99,9 @@ export function ResultExplorer({ att, options, selection }: ResultExplorerProps)
         <section className="panel" aria-labelledby="heatmap-heading">
           <h2 id="heatmap-heading">
             Association matrix{" "}
-            <span className="muted small">rows: output tokens · columns: input, then output tokens · click a row to pin</span>
+            <span className="muted small">
+              rows: output {unit} · columns: input, then output {unit} · click a row to pin
+            </span>
           </h2>
           {d.strengths && d.rows.length > 0 && d.columns.length > 0 ? (
             <HeatMap
@@ -107,6 +113,7 @@ export function ResultExplorer({ att, options, selection }: ResultExplorerProps)
               mode={options.mode}
               activeRow={d.activeRow}
               onPinRow={(row) => selection.pin(row)}
+              unit={unit}
             />
           ) : (
             <p className="hint">Nothing to draw: this result has no visible output tokens.</p>

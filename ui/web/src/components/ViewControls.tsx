@@ -1,16 +1,23 @@
 // The view options every result view shares: raw or normalized values, the threshold, template tokens.
 import { useId } from "react";
 import { viridisGradient } from "../lib/colors";
-import type { ViewOptions } from "../lib/attribution";
+import { LEVELS, type ViewOptions } from "../lib/attribution";
 
 export interface ViewControlsProps {
   options: ViewOptions;
   onChange: (options: ViewOptions) => void;
   /** How many tokens the toggle hides; -1 when it differs between the results shown. */
   templateCount: number;
+  /**
+   * The token / word / sentence toggle: enabled where the result carries word and sentence indices, disabled
+   * where it doesn't (written before them), left out where the page doesn't regroup (undefined).
+   */
+  canGroup?: boolean;
 }
 
-export function ViewControls({ options, onChange, templateCount }: ViewControlsProps) {
+const LEVEL_LABELS = { token: "Tokens", word: "Words", sentence: "Sentences" } as const;
+
+export function ViewControls({ options, onChange, templateCount, canGroup }: ViewControlsProps) {
   const id = useId();
   const set = (patch: Partial<ViewOptions>) => onChange({ ...options, ...patch });
   return (
@@ -30,6 +37,27 @@ export function ViewControls({ options, onChange, templateCount }: ViewControlsP
           </label>
         ))}
       </fieldset>
+      {canGroup !== undefined && (
+        <fieldset
+          className="segmented"
+          title={canGroup ? undefined : "This result has no word and sentence marks (written before TokenLens stored them)"}
+        >
+          <legend className="control-label">Units</legend>
+          {LEVELS.map((level) => (
+            <label key={level} className={options.level === level ? "on" : undefined}>
+              <input
+                type="radio"
+                name={`${id}-level`}
+                value={level}
+                checked={options.level === level}
+                disabled={!canGroup}
+                onChange={() => set({ level })}
+              />
+              {LEVEL_LABELS[level]}
+            </label>
+          ))}
+        </fieldset>
+      )}
       <div className="control">
         <label className="control-label" htmlFor={`${id}-threshold`}>
           Threshold

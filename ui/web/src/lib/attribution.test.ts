@@ -1,8 +1,10 @@
 import { describe, expect, it } from "vitest";
-import { catResult } from "../testFixtures";
+import { catResult, splitWordResult } from "../testFixtures";
 import {
   displayToken,
   formatValue,
+  groupAttribution,
+  hasGroups,
   normalizeRows,
   ResultFormatError,
   strengthMatrix,
@@ -13,7 +15,13 @@ import {
   type ViewOptions,
 } from "./attribution";
 
-const view = (patch: Partial<ViewOptions> = {}): ViewOptions => ({ mode: "normalized", threshold: 0, hideTemplate: false, ...patch });
+const view = (patch: Partial<ViewOptions> = {}): ViewOptions => ({
+  mode: "normalized",
+  threshold: 0,
+  hideTemplate: false,
+  level: "token",
+  ...patch,
+});
 
 describe("toAttribution", () => {
   it("flattens both matrices row-major", () => {
@@ -98,5 +106,36 @@ describe("display", () => {
     expect(formatValue(0.123456)).toBe("0.123");
     expect(formatValue(-0.00001234)).toBe("-1.23e-5");
     expect(formatValue(123456)).toBe("1.23e+5");
+  });
+});
+
+describe("groupAttribution", () => {
+  it("sums tokens into words along both axes, by the marks TokenLens stored", () => {
+    const att = toAttribution(splitWordResult());
+    expect(hasGroups(att)).toBe(true);
+    const words = groupAttribution(att, "word");
+    expect(words.inputTokens.map((t) => t.clean_token)).toEqual(["<s>", "The", " cat", " sat"]);
+    expect(words.outputTokens.map((t) => t.clean_token)).toEqual([" on", " mat"]);
+    expect([words.nIn, words.nOut, words.width]).toEqual([4, 2, 6]);
+    // Row " mat" = output tokens 1 and 2; column " cat" = input tokens 2 and 3: 1 + 1 + (-2) + 1.
+    expect(words.raw[1 * 6 + 2]).toBeCloseTo(1);
+    // Column " on" (output word 0) for row " mat": 4 + 1.
+    expect(words.raw[1 * 6 + 4]).toBeCloseTo(5);
+    expect(words.outputTokens[1].probability).toBeCloseTo(0.2);
+    expect(words.inputTokens[0].is_template).toBe(true);
+    const total = (values: Float64Array) => values.reduce((a, b) => a + b, 0);
+    expect(total(words.raw)).toBeCloseTo(total(att.raw));
+    expect(Math.max(...words.normalized.subarray(0, 6).map(Math.abs))).toBeCloseTo(1);
+  });
+
+  it("sentences group the prompt apart from the template; unmarked results stay as tokens", () => {
+    const att = toAttribution(splitWordResult());
+    const sentences = groupAttribution(att, "sentence");
+    expect(sentences.inputTokens.map((t) => t.clean_token)).toEqual(["<s>", "The cat sat"]);
+    expect(sentences.nOut).toBe(1);
+    const old = toAttribution(catResult());
+    expect(hasGroups(old)).toBe(false);
+    expect(groupAttribution(old, "word")).toBe(old);
+    expect(groupAttribution(att, "token")).toBe(att);
   });
 });

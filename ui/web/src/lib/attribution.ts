@@ -11,6 +11,11 @@ export interface TokenInfo {
   clean_token: string;
   is_template?: boolean;
   probability?: number | null;
+  /** Characters of the prompt (inputs) or the generated text (outputs) the token covers (tokenlens/words.py). */
+  span?: [number, number] | null;
+  /** The token's word and sentence within its sequence, written by TokenLens (tokenlens/words.py). */
+  word?: number | null;
+  sentence?: number | null;
 }
 
 export interface ResultMetadata {
@@ -55,15 +60,21 @@ export interface Attribution {
 
 export type ValueMode = "normalized" | "raw";
 
+/** What a row and a column stand for: one token, or a word or sentence of tokens (tokenlens/words.py). */
+export type Level = "token" | "word" | "sentence";
+export const LEVELS: Level[] = ["token", "word", "sentence"];
+
 export interface ViewOptions {
   mode: ValueMode;
   /** Sources whose strength (0-1) is below this are not highlighted. */
   threshold: number;
   /** Leave out chat-template and special tokens (TokenInfo.is_template). */
   hideTemplate: boolean;
+  /** Tokens, or tokens grouped into words or sentences (`groupAttribution`). */
+  level: Level;
 }
 
-export const DEFAULT_VIEW: ViewOptions = { mode: "normalized", threshold: 0.05, hideTemplate: true };
+export const DEFAULT_VIEW: ViewOptions = { mode: "normalized", threshold: 0.05, hideTemplate: true, level: "token" };
 
 export class ResultFormatError extends Error {}
 
@@ -244,4 +255,69 @@ export function formatValue(value: number): string {
   const magnitude = Math.abs(value);
   if (magnitude >= 1e4 || magnitude < 1e-3) return value.toExponential(2);
   return value.toPrecision(3);
+}
+
+/** Whether every token of the result carries its word and sentence (files TokenLens writes since 2.1 do). */
+export function hasGroups(att: Attribution): boolean {
+  const all = [...att.inputTokens, ...att.outputTokens];
+  return all.length > 0 && all.every((t) => typeof t.word === "number" && typeof t.sentence === "number");
+}
+
+/** Consecutive runs of tokens with the same word (or sentence) index: each group's token indices. */
+function groupsOf(tokens: TokenInfo[], level: "word" | "sentence"): number[][] {
+  const groups: number[][] = [];
+  tokens.forEach((token, index) => {
+    const previous = index > 0 ? tokens[index - 1][level] : null;
+    if (index > 0 && token[level] === previous) groups[groups.length - 1].push(index);
+    else groups.push([index]);
+  });
+  return groups;
+}
+
+function mergedToken(tokens: TokenInfo[], members: number[]): TokenInfo {
+  const parts = members.map((i) => tokens[i]);
+  const probabilities = parts.map((t) => t.probability);
+  const known = probabilities.every((p) => typeof p === "number");
+  return {
+    token: parts.map((t) => t.token).join(""),
+    token_id: parts[0].token_id,
+    clean_token: parts.map((t) => t.clean_token).join(""),
+    is_template: parts.every((t) => Boolean(t.is_template)),
+    // A word's probability is the product of its tokens' (as in the export).
+    probability: known ? probabilities.reduce<number>((product, p) => product * (p as number), 1) : null,
+  };
+}
+
+/**
+ * The result with tokens grouped into words or sentences by the indices TokenLens stored in each token, and
+ * raw scores summed over each group's tokens (sources and generated rows alike), as `tokenlens export
+ * --level word` and `tokenlens.words.aggregate(..., "sum")` compute them. Results without the indices (files
+ * written before them) are returned as they are.
+ */
+export function groupAttribution(att: Attribution, level: Level): Attribution {
+  if (level === "token" || !hasGroups(att)) return att;
+  const inputGroups = groupsOf(att.inputTokens, level);
+  const outputGroups = groupsOf(att.outputTokens, level);
+  const columns = [...inputGroups, ...outputGroups.map((g) => g.map((k) => att.nIn + k))];
+  const nIn = inputGroups.length;
+  const nOut = outputGroups.length;
+  const width = nIn + nOut;
+  const raw = new Float64Array(nOut * width);
+  outputGroups.forEach((rows, gi) => {
+    columns.forEach((cols, gj) => {
+      let sum = 0;
+      for (const i of rows) for (const j of cols) sum += att.raw[i * att.width + j];
+      raw[gi * width + gj] = sum;
+    });
+  });
+  return {
+    metadata: att.metadata,
+    inputTokens: inputGroups.map((g) => mergedToken(att.inputTokens, g)),
+    outputTokens: outputGroups.map((g) => mergedToken(att.outputTokens, g)),
+    nIn,
+    nOut,
+    width,
+    raw,
+    normalized: normalizeRows(raw, width),
+  };
 }

@@ -1,11 +1,11 @@
 // `/runs/<run_id>/<prompt_id>`: one result. The pinned output token lives in the URL (?t=5), so a finding can
 // be shared as a link.
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useMemo, useState } from "react";
 import { Breadcrumbs, formatTime, Loading, Notice } from "../components/Common";
 import { ResultExplorer, templateCount, useDerived } from "../components/ResultExplorer";
 import { ViewControls } from "../components/ViewControls";
 import { urls } from "../lib/api";
-import { DEFAULT_VIEW, type Attribution, type ViewOptions } from "../lib/attribution";
+import { DEFAULT_VIEW, groupAttribution, hasGroups, type Attribution, type ViewOptions } from "../lib/attribution";
 import { renderHeatmapPng, saveBlob } from "../lib/heatmap";
 import { loadResult } from "../lib/loadResult";
 import { Link, navigate, paths, useLocation } from "../lib/router";
@@ -50,15 +50,20 @@ export function ResultPage({ runId, promptId }: { runId: string; promptId: strin
   const selection = useSelection(pinnedFromSearch(search), onPinChange);
   const [options, setOptions] = useState<ViewOptions>(DEFAULT_VIEW);
   const [pngError, setPngError] = useState<string | null>(null);
-  const derived = useDerived(att, options, null);
+  const shown = useMemo(() => (att ? groupAttribution(att, options.level) : null), [att, options.level]);
+  const derived = useDerived(shown, options, null);
+  const changeOptions = (next: ViewOptions) => {
+    if (next.level !== options.level) selection.pin(null); // row numbers mean other rows at another level
+    setOptions(next);
+  };
 
   const downloadPng = async () => {
-    if (!att || !derived.strengths) return;
+    if (!shown || !derived.strengths) return;
     setPngError(null);
     try {
-      const blob = await renderHeatmapPng(att, derived.strengths, derived.rows, derived.columns, {
+      const blob = await renderHeatmapPng(shown, derived.strengths, derived.rows, derived.columns, {
         title: `${runId} / ${promptId}`,
-        subtitle: `${att.metadata.llm_id} · ${att.metadata.attribution_method} · threshold ${options.threshold.toFixed(2)}`,
+        subtitle: `${shown.metadata.llm_id} · ${shown.metadata.attribution_method} · threshold ${options.threshold.toFixed(2)}`,
         threshold: options.threshold,
         valueLabel: options.mode === "raw" ? "raw, share of the largest |value|" : "normalized per row",
       });
@@ -118,8 +123,13 @@ export function ResultPage({ runId, promptId }: { runId: string; promptId: strin
             </div>
           </header>
           {pngError && <Notice kind="error">Could not make the PNG: {pngError}</Notice>}
-          <ViewControls options={options} onChange={setOptions} templateCount={templateCount(att)} />
-          <ResultExplorer att={att} options={options} selection={selection} />
+          <ViewControls
+            options={options}
+            onChange={changeOptions}
+            templateCount={templateCount(shown ?? att)}
+            canGroup={hasGroups(att)}
+          />
+          <ResultExplorer att={shown ?? att} options={options} selection={selection} />
         </>
       )}
     </main>
