@@ -50,6 +50,7 @@ from tokenlens.errors import RunNotFoundError, RunUnreadableError, TokenLensErro
 from tokenlens.result_codec import ResultFormatError, as_plain_json
 from tokenlens.results import KINDS
 from tokenlens.run_reader import CorruptResultError, PromptNotInRunError, RunReader
+from ui.run_views_api import run_views_routes
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +304,7 @@ def create_app(storage: Storage, dist_dir: Path | None = None, allowed_hosts: It
         Route("/api/runs/{run_id}", run_detail, methods=list(READ_METHODS)),
         Route("/api/runs/{run_id}/{kind}/{prompt_id}", stored_file, methods=list(READ_METHODS)),
         Route("/api/compare", compare, methods=list(READ_METHODS)),
+        *run_views_routes(),
         Route("/api/{rest:path}", api_not_found, methods=list(READ_METHODS)),
         Route("/{path:path}", WebApp(dist_dir).serve, methods=list(READ_METHODS)),
     ]

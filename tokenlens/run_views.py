@@ -1,0 +1,643 @@
+"""Run-level views: what a whole run's results say, computed from the stored result files.
+
+Four views answer the questions a researcher has about a finished (or running) run:
+
+* **Token importance** — which input tokens receive the most attribution across the run. For one prompt, an
+  input position j receives ``a(j) = mean over output rows i of |N[i, j]|``, where N is the row-normalised
+  matrix (each row over its largest absolute value, so every row counts the same whatever the method's scale).
+  Across the run, a token t (its clean text, stripped) has ``total(t) = sum of a(j)`` over its occurrences and
+  ``count(t)`` occurrences. The raw total favours frequent tokens ("the", ","), the raw mean favours tokens seen
+  once, so the frequency-corrected score is a shrunk lift::
+
+      score(t) = ((total(t) + m * mu) / (count(t) + m)) / mu
+
+  with ``mu`` the mean of a(j) over every occurrence in the run and ``m = IMPORTANCE_PRIOR_COUNT``. 1.0 means "an
+  average token"; 2.0 means its occurrences draw twice the attribution of an average one, and a token seen
+  once is pulled towards 1.0 so chance does not top the list. Template tokens are left out (they are the chat
+  template, not the user's input). Each token lists the prompts where it scored highest.
+* **Where attention goes** — for each output position, the mean share of a row's absolute attribution that
+  falls on prompt tokens, template tokens and earlier generated tokens; and the distance profile: the mean
+  share at distance d (d = 1 is the token just before the one being predicted), in doubling buckets.
+* **Agreement** — for two runs on the same prompts (matched by prompt id, with the same input tokens), per
+  prompt the mean Spearman rank correlation of |scores| over the rows both runs generated alike, and the mean
+  top-k overlap; their distribution, and the prompts where the runs disagree most.
+* **Performance** — seconds per prompt and per output token for each timing phase the engines record, per
+  (model, method, device) across runs.
+
+Everything is computed from `PromptDigest`s: one small summary per result file, made once (result files are
+create-only) from the bytes through `tokenlens.result_codec`, so plain JSON, compact and seed files all work.
+`RunViewCache` keeps a run's digests and its aggregate keyed by the result files seen (id and size): a call
+that finds the same files answers from memory; new files are digested and added to the aggregate without
+touching the rest. Nothing here imports the UI; ui/run_views_api.py serves these views over HTTP.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from storage_backends import NotFoundError, Storage
+from tokenlens.errors import TokenLensError
+from tokenlens.result_codec import ResultFormatError, load_document, upgrade_document
+from tokenlens.results import RunStore, list_run_ids
+
+#: The prior weight m (in occurrences) of the frequency-corrected importance score (see the module docstring).
+IMPORTANCE_PRIOR_COUNT = 5.0
+#: How many prompts each important token links to (where it scored highest).
+TOP_PROMPTS_PER_TOKEN = 5
+#: Distance buckets of the distance profile: [1], [2], [3, 4], [5, 8], ... doubling, the last open-ended.
+DISTANCE_BUCKET_EDGES = (1, 2, 3, 5, 9, 17, 33, 65, 129, 257, 513)
+#: Top-k of the agreement view's overlap; a row with fewer sources uses them all.
+AGREEMENT_TOP_K = 5
+#: Bins of the agreement distribution over [-1, 1].
+AGREEMENT_BINS = 20
+#: The prompts listed as "where they disagree most".
+DISAGREEMENT_LINKS = 20
+LEVELS = ("token", "word")
+
+
+class ViewRequestError(TokenLensError):
+    """A view asked for with an argument it can't take (an unknown level, a run compared with itself)."""
+
+
+# --- one prompt ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputUnit:
+    """One input unit of a prompt (a token, or a word of tokens): its text and the score it received."""
+
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class PromptDigest:
+    """What the run views need of one result file; everything is a small Python value (cheap to keep 10k)."""
+
+    prompt_id: str
+    model: str
+    method: str
+    device: str
+    engine: str
+    n_in: int
+    n_out: int
+    timings_s: Mapping[str, float]
+    #: Non-template input units with a(j) (module docstring), at token level.
+    units: tuple[InputUnit, ...]
+    #: Per output position: (prompt share, template share, generated share); None for an all-zero row.
+    shares: tuple[tuple[float, float, float] | None, ...]
+    #: Per distance bucket: the summed share over this prompt's non-zero rows.
+    distance_sums: tuple[float, ...]
+    distance_rows: int
+
+
+@dataclass(frozen=True)
+class PromptMatrix:
+    """A decoded result's tokens and raw matrix (for agreement, which compares matrices cell by cell)."""
+
+    input_tokens: tuple[str, ...]
+    output_tokens: tuple[str, ...]
+    matrix: np.ndarray
+
+
+def decode_prompt(raw: bytes, source: str) -> tuple[dict[str, Any], np.ndarray]:
+    """A result file (any format `tokenlens.result_codec` reads) as its document and raw float matrix.
+
+    `ResultFormatError` naming `source` if it can't be read or breaks the matrix shape.
+    """
+    document = upgrade_document(load_document(raw, source), source)
+    data = document["data"]
+    n_in, n_out = len(data["input_tokens"]), len(data["output_tokens"])
+    matrix = np.asarray(data["association_matrix"], dtype=np.float64)
+    if matrix.size == 0:
+        matrix = matrix.reshape(n_out, n_in + n_out)
+    if matrix.shape != (n_out, n_in + n_out):
+        raise ResultFormatError(f"{source}: association_matrix is {matrix.shape}, expected ({n_out}, {n_in + n_out})")
+    for name in ("input_tokens", "output_tokens"):
+        if not all(isinstance(token, dict) for token in data[name]):
+            raise ResultFormatError(f"{source}: data.{name} must be a list of token objects")
+    return document, matrix
+
+
+def token_text(token: Mapping[str, Any]) -> str:
+    """A token's readable text for grouping across prompts: its clean text without surrounding whitespace."""
+    clean = token.get("clean_token")
+    text = str(clean if isinstance(clean, str) else token.get("token", "")).strip()
+    return text or str(token.get("token", "")).strip() or "␣"
+
+
+def input_units(tokens: list[dict[str, Any]], received: np.ndarray, level: str) -> tuple[InputUnit, ...]:
+    """The prompt's non-template input units and their scores at `level` ("token"; "word" once words merge).
+
+    The one place a level is interpreted, so word grouping (tokenlens.words, from tokenizer offsets) slots in
+    here without touching the views.
+    """
+    if level == "token":
+        return tuple(
+            InputUnit(token_text(token), float(score))
+            for token, score in zip(tokens, received, strict=True)
+            if not token.get("is_template")
+        )
+    raise ViewRequestError(
+        f"level {level!r} is not available yet; use level=token (word level arrives with tokenlens.words)"
+    )
+
+
+def distance_bucket_index(distance: np.ndarray) -> np.ndarray:
+    """The `DISTANCE_BUCKET_EDGES` bucket of each distance (>= 1)."""
+    return np.searchsorted(np.asarray(DISTANCE_BUCKET_EDGES), distance, side="right") - 1
+
+
+def distance_bucket_labels() -> list[str]:
+    labels = []
+    for k, low in enumerate(DISTANCE_BUCKET_EDGES):
+        high = DISTANCE_BUCKET_EDGES[k + 1] - 1 if k + 1 < len(DISTANCE_BUCKET_EDGES) else None
+        labels.append(str(low) if high == low else f"{low}+" if high is None else f"{low}-{high}")
+    return labels
+
+
+def digest_prompt(prompt_id: str, raw: bytes, source: str) -> PromptDigest:
+    """The `PromptDigest` of one stored result file."""
+    document, matrix = decode_prompt(raw, source)
+    metadata, data = document["metadata"], document["data"]
+    inputs: list[dict[str, Any]] = data["input_tokens"]
+    n_in, n_out = len(inputs), matrix.shape[0]
+    magnitude = np.abs(matrix)
+    peaks = magnitude.max(axis=1, keepdims=True) if matrix.size else np.zeros((n_out, 1))
+    normalized = np.divide(magnitude, peaks, out=np.zeros_like(magnitude), where=peaks > 0)
+    received = normalized[:, :n_in].mean(axis=0) if n_out else np.zeros(n_in)
+
+    template = np.array([bool(token.get("is_template")) for token in inputs], dtype=bool)
+    row_totals = magnitude.sum(axis=1)
+    on_template = magnitude[:, :n_in][:, template].sum(axis=1)
+    on_prompt = magnitude[:, :n_in].sum(axis=1) - on_template
+    on_generated = magnitude[:, n_in:].sum(axis=1)
+    shares = tuple(
+        (float(p / t), float(m / t), float(g / t)) if t > 0 else None
+        for p, m, g, t in zip(on_prompt, on_template, on_generated, row_totals, strict=True)
+    )
+
+    distance_sums = np.zeros(len(DISTANCE_BUCKET_EDGES))
+    live = row_totals > 0
+    if n_out and live.any():
+        columns = np.arange(n_in + n_out)
+        distance = (n_in + np.arange(n_out))[:, None] - columns[None, :]
+        buckets = distance_bucket_index(np.maximum(distance, 1))
+        share = magnitude[live] / row_totals[live][:, None]
+        valid = distance[live] >= 1
+        np.add.at(distance_sums, buckets[live][valid], share[valid])
+
+    timings = metadata.get("timings_s")
+    return PromptDigest(
+        prompt_id=prompt_id,
+        model=str(metadata.get("llm_id") or "unknown"),
+        method=str(metadata.get("attribution_method") or "unknown"),
+        device=str(metadata.get("device") or "unknown"),
+        engine=str(metadata.get("engine") or "unknown"),
+        n_in=n_in,
+        n_out=n_out,
+        timings_s={
+            str(k): float(v)
+            for k, v in (timings.items() if isinstance(timings, dict) else ())
+            if isinstance(v, int | float) and math.isfinite(v)
+        },
+        units=input_units(inputs, received, "token"),
+        shares=shares,
+        distance_sums=tuple(float(v) for v in distance_sums),
+        distance_rows=int(live.sum()),
+    )
+
+
+def prompt_matrix(raw: bytes, source: str) -> PromptMatrix:
+    document, matrix = decode_prompt(raw, source)
+    data = document["data"]
+    return PromptMatrix(
+        input_tokens=tuple(str(t.get("token", "")) for t in data["input_tokens"]),
+        output_tokens=tuple(str(t.get("token", "")) for t in data["output_tokens"]),
+        matrix=matrix.astype(np.float32),
+    )
+
+
+# --- aggregates (additive: a new digest is added without touching the others) -------------------------------
+
+
+@dataclass
+class TokenTally:
+    total: float = 0.0
+    count: int = 0
+    #: (best score in the prompt, prompt id) of the prompts where it scored highest (a min-heap).
+    best: list[tuple[float, str]] = field(default_factory=list)
+
+
+@dataclass
+class RunAggregate:
+    """The run's sums over every digest added so far."""
+
+    prompts: int = 0
+    unit_total: float = 0.0
+    unit_count: int = 0
+    tokens: dict[str, TokenTally] = field(default_factory=dict)
+    #: Per output position: [prompt, template, generated] share sums and the number of rows.
+    position_sums: list[list[float]] = field(default_factory=list)
+    position_rows: list[int] = field(default_factory=list)
+    distance_sums: list[float] = field(default_factory=lambda: [0.0] * len(DISTANCE_BUCKET_EDGES))
+    distance_rows: int = 0
+
+    def add(self, digest: PromptDigest) -> None:
+        self.prompts += 1
+        best_here: dict[str, float] = {}
+        for unit in digest.units:
+            tally = self.tokens.get(unit.text)
+            if tally is None:
+                tally = self.tokens[unit.text] = TokenTally()
+            tally.total += unit.score
+            tally.count += 1
+            self.unit_total += unit.score
+            self.unit_count += 1
+            if unit.score > best_here.get(unit.text, -1.0):
+                best_here[unit.text] = unit.score
+        for text, score in best_here.items():
+            best = self.tokens[text].best
+            if len(best) < TOP_PROMPTS_PER_TOKEN:
+                heapq.heappush(best, (score, digest.prompt_id))
+            elif (score, digest.prompt_id) > best[0]:
+                heapq.heapreplace(best, (score, digest.prompt_id))
+        for position, share in enumerate(digest.shares):
+            if position >= len(self.position_rows):
+                self.position_sums.append([0.0, 0.0, 0.0])
+                self.position_rows.append(0)
+            if share is not None:
+                sums = self.position_sums[position]
+                for k in range(3):
+                    sums[k] += share[k]
+                self.position_rows[position] += 1
+        for k, value in enumerate(digest.distance_sums):
+            self.distance_sums[k] += value
+        self.distance_rows += digest.distance_rows
+
+
+def importance_view(aggregate: RunAggregate, limit: int) -> dict[str, Any]:
+    """The top `limit` tokens by frequency-corrected score (module docstring), with their links."""
+    mu = aggregate.unit_total / aggregate.unit_count if aggregate.unit_count else 0.0
+    prior = IMPORTANCE_PRIOR_COUNT
+    rows = []
+    for text, tally in aggregate.tokens.items():
+        score = ((tally.total + prior * mu) / (tally.count + prior)) / mu if mu > 0 else 0.0
+        rows.append((score, tally.total, text, tally))
+    rows.sort(key=lambda row: (-row[0], -row[1], row[2]))
+    return {
+        "level": "token",
+        "formula": "score = ((total + m*mu) / (count + m)) / mu; total = sum over occurrences of the mean |normalized "
+        "attribution| the token receives per output token; mu = mean over all occurrences",
+        "prior_count": prior,
+        "mean_per_occurrence": mu,
+        "distinct_tokens": len(aggregate.tokens),
+        "tokens": [
+            {
+                "token": text,
+                "score": score,
+                "total": total,
+                "count": tally.count,
+                "mean": total / tally.count,
+                "top_prompts": [
+                    {"prompt_id": pid, "score": value} for value, pid in sorted(tally.best, key=lambda b: (-b[0], b[1]))
+                ],
+            }
+            for score, total, text, tally in rows[:limit]
+        ],
+    }
+
+
+def attention_view(aggregate: RunAggregate) -> dict[str, Any]:
+    """Mean shares by output position and the distance profile."""
+    positions = []
+    for position, (sums, rows) in enumerate(zip(aggregate.position_sums, aggregate.position_rows, strict=True)):
+        if rows:
+            prompt, template, generated = (value / rows for value in sums)
+            positions.append(
+                {"position": position, "rows": rows, "prompt": prompt, "template": template, "generated": generated}
+            )
+    rows_total = sum(aggregate.position_rows)
+    overall = [sum(sums[k] for sums in aggregate.position_sums) / rows_total if rows_total else 0.0 for k in range(3)]
+    return {
+        "overall": {"prompt": overall[0], "template": overall[1], "generated": overall[2], "rows": rows_total},
+        "by_position": positions,
+        "distance": [
+            {"bucket": label, "share": value / aggregate.distance_rows if aggregate.distance_rows else 0.0}
+            for label, value in zip(distance_bucket_labels(), aggregate.distance_sums, strict=True)
+        ],
+    }
+
+
+# --- agreement ---------------------------------------------------------------------------------------------
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing the mean of their ranks (what Spearman's rho needs)."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    sizes = np.diff(np.append(first, len(values)))
+    mean_rank = first + (sizes + 1) / 2.0
+    ranks = np.empty(len(values))
+    ranks[order] = mean_rank[group]
+    return ranks
+
+
+def spearman(first: np.ndarray, second: np.ndarray) -> float | None:
+    """Spearman's rank correlation; None when either side is constant (it is undefined)."""
+    a, b = average_ranks(first), average_ranks(second)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 0 else None
+
+
+def top_k_overlap(first: np.ndarray, second: np.ndarray, k: int) -> float:
+    """|top-k of first ∩ top-k of second| / k (ties broken by position)."""
+    k = min(k, len(first))
+    top_first = set(np.argsort(-first, kind="mergesort")[:k].tolist())
+    top_second = set(np.argsort(-second, kind="mergesort")[:k].tolist())
+    return len(top_first & top_second) / k
+
+
+@dataclass(frozen=True)
+class PromptAgreement:
+    """How two results of one prompt agree; `reason` says why nothing could be compared (then rho is None)."""
+
+    prompt_id: str
+    rows: int
+    spearman: float | None
+    top_k_overlap: float | None
+    reason: str | None = None
+
+
+def compare_prompts(prompt_id: str, first: PromptMatrix, second: PromptMatrix, k: int) -> PromptAgreement:
+    """Mean per-row Spearman of |scores| and mean top-k overlap over the rows both results can compare.
+
+    Rows are comparable while both generated the same tokens (row i depends on the outputs before it); a row's
+    sources are all n_in + i columns before it. Results with different input tokens (another tokenizer) are not
+    compared token by token.
+    """
+    if first.input_tokens != second.input_tokens:
+        return PromptAgreement(prompt_id, 0, None, None, "different input tokens (another tokenizer or template)")
+    same = 0
+    for a, b in zip(first.output_tokens, second.output_tokens, strict=False):
+        if a != b:
+            break
+        same += 1
+    n_in = len(first.input_tokens)
+    rhos, overlaps = [], []
+    for i in range(same):
+        width = n_in + i
+        if width < 2:
+            continue
+        a, b = np.abs(first.matrix[i, :width]), np.abs(second.matrix[i, :width])
+        rho = spearman(a, b)
+        if rho is None:
+            continue
+        rhos.append(rho)
+        overlaps.append(top_k_overlap(a, b, k))
+    if not rhos:
+        reason = "no output token generated alike" if same == 0 else "no comparable row (constant scores)"
+        return PromptAgreement(prompt_id, 0, None, None, reason)
+    return PromptAgreement(prompt_id, len(rhos), float(np.mean(rhos)), float(np.mean(overlaps)))
+
+
+def agreement_view(
+    run_id: str, other_run_id: str, agreements: list[PromptAgreement], only_first: int, only_second: int
+) -> dict[str, Any]:
+    """The distribution of per-prompt agreement, and the prompts where the runs disagree most."""
+    compared = [a for a in agreements if a.spearman is not None]
+    skipped = [a for a in agreements if a.spearman is None]
+    rhos = np.array([a.spearman for a in compared], dtype=np.float64)
+    overlaps = np.array([a.top_k_overlap for a in compared], dtype=np.float64)
+    edges = np.linspace(-1.0, 1.0, AGREEMENT_BINS + 1)
+    counts = np.histogram(np.clip(rhos, -1.0, 1.0), bins=edges)[0] if len(rhos) else np.zeros(AGREEMENT_BINS)
+    worst = sorted(compared, key=lambda a: (a.spearman, a.prompt_id))[:DISAGREEMENT_LINKS]
+    reasons: dict[str, int] = {}
+    for item in skipped:
+        reasons[str(item.reason)] = reasons.get(str(item.reason), 0) + 1
+    return {
+        "run_id": run_id,
+        "other_run_id": other_run_id,
+        "top_k": AGREEMENT_TOP_K,
+        "compared": len(compared),
+        "not_compared": reasons,
+        "only_in_run": only_first,
+        "only_in_other": only_second,
+        "spearman": {
+            "mean": float(rhos.mean()) if len(rhos) else None,
+            "median": float(np.median(rhos)) if len(rhos) else None,
+        },
+        "top_k_overlap": {"mean": float(overlaps.mean()) if len(overlaps) else None},
+        "histogram": [
+            {"low": float(edges[k]), "high": float(edges[k + 1]), "count": int(counts[k])} for k in range(AGREEMENT_BINS)
+        ],
+        "disagree_most": [
+            {"prompt_id": a.prompt_id, "spearman": a.spearman, "top_k_overlap": a.top_k_overlap, "rows": a.rows}
+            for a in worst
+        ],
+    }
+
+
+# --- performance -------------------------------------------------------------------------------------------
+
+
+def performance_rows(digests_by_run: Mapping[str, Iterable[PromptDigest]]) -> list[dict[str, Any]]:
+    """Seconds per prompt and per output token for each phase, per (model, method, device), with its runs.
+
+    A phase's per-prompt figure is its mean over the prompts that recorded it; per output token, its sum over
+    those prompts divided by their output tokens.
+    """
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for run_id, digests in digests_by_run.items():
+        for digest in digests:
+            key = (digest.model, digest.method, digest.device)
+            group = groups.setdefault(key, {"runs": set(), "prompts": 0, "output_tokens": 0, "phases": {}})
+            group["runs"].add(run_id)
+            group["prompts"] += 1
+            group["output_tokens"] += digest.n_out
+            timings = dict(digest.timings_s)
+            if timings and "total" not in timings:
+                timings["total"] = sum(timings.values())
+            for phase, seconds in timings.items():
+                phase_sums = group["phases"].setdefault(phase, [0.0, 0, 0])
+                phase_sums[0] += seconds
+                phase_sums[1] += 1
+                phase_sums[2] += digest.n_out
+    rows = []
+    for (model, method, device), group in sorted(groups.items()):
+        phases = {
+            phase: {
+                "per_prompt_s": seconds / prompts,
+                "per_output_token_s": seconds / tokens if tokens else None,
+                "prompts": prompts,
+            }
+            for phase, (seconds, prompts, tokens) in sorted(group["phases"].items())
+        }
+        rows.append(
+            {
+                "model": model,
+                "method": method,
+                "device": device,
+                "runs": sorted(group["runs"]),
+                "prompts": group["prompts"],
+                "output_tokens": group["output_tokens"],
+                "phases": phases,
+            }
+        )
+    return rows
+
+
+# --- the cache ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunState:
+    """One run's digests and aggregate, and the result files (id -> size) they were made from."""
+
+    seen: dict[str, int] = field(default_factory=dict)
+    digests: dict[str, PromptDigest] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    aggregate: RunAggregate = field(default_factory=RunAggregate)
+
+
+@dataclass
+class AgreementState:
+    seen: tuple[dict[str, int], dict[str, int]] = field(default_factory=lambda: ({}, {}))
+    prompts: dict[str, PromptAgreement] = field(default_factory=dict)
+
+
+class RunViewCache:
+    """Run views over one storage root, cached per run and brought up to date with the result files on each call.
+
+    Thread-safe: one lock per run, so two runs are digested at once but one run never twice.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._runs: dict[str, RunState] = {}
+        self._agreements: dict[tuple[str, str], AgreementState] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _result_files(self, run_id: str) -> tuple[RunStore, dict[str, int]]:
+        store = RunStore(self.storage, run_id)
+        store.read_manifest()  # RunNotFoundError / RunUnreadableError for a run that isn't one
+        return store, store.sizes("results")
+
+    def run_state(self, run_id: str) -> RunState:
+        """The run's state, digesting the result files that are new (or changed) since the last call."""
+        store, files = self._result_files(run_id)
+        with self._lock(f"run:{run_id}"):
+            state = self._runs.get(run_id) or RunState()
+            if files == state.seen:
+                return state
+            gone = [pid for pid, size in state.seen.items() if files.get(pid) != size]
+            if gone:  # a corrupt result removed (or replaced): rebuild the sums from the digests kept
+                for pid in gone:
+                    state.digests.pop(pid, None)
+                    state.unreadable.pop(pid, None)
+                state.aggregate = RunAggregate()
+                for digest in state.digests.values():
+                    state.aggregate.add(digest)
+            for pid in sorted(files):
+                if pid in state.digests or pid in state.unreadable:
+                    continue
+                key = store.key("results", pid)
+                try:
+                    digest = digest_prompt(pid, self.storage.get(key), key)
+                except NotFoundError:
+                    files.pop(pid)  # removed since the listing; seen next time if it comes back
+                    continue
+                except ResultFormatError as exc:
+                    state.unreadable[pid] = str(exc)
+                    continue
+                state.digests[pid] = digest
+                state.aggregate.add(digest)
+            state.seen = files
+            self._runs[run_id] = state
+            return state
+
+    def _summary(self, run_id: str, state: RunState) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "prompts": len(state.digests),
+            "unreadable": [{"prompt_id": pid, "error": error} for pid, error in sorted(state.unreadable.items())],
+        }
+
+    def importance(self, run_id: str, level: str = "token", limit: int = 50) -> dict[str, Any]:
+        if level not in LEVELS:
+            raise ViewRequestError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+        if level != "token":
+            input_units([], np.zeros(0), level)  # the one place that says which levels exist
+        state = self.run_state(run_id)
+        return {**self._summary(run_id, state), **importance_view(state.aggregate, limit)}
+
+    def attention(self, run_id: str) -> dict[str, Any]:
+        state = self.run_state(run_id)
+        return {**self._summary(run_id, state), **attention_view(state.aggregate)}
+
+    def performance(self, run_ids: Iterable[str] | None = None) -> dict[str, Any]:
+        """Performance across `run_ids` (default: every run under the root whose run.json reads)."""
+        chosen = sorted(list_run_ids(self.storage)) if run_ids is None else list(run_ids)
+        digests: dict[str, Iterable[PromptDigest]] = {}
+        skipped = []
+        for run_id in chosen:
+            try:
+                digests[run_id] = list(self.run_state(run_id).digests.values())
+            except (TokenLensError, ValueError) as exc:
+                if run_ids is not None:
+                    raise
+                skipped.append({"run_id": run_id, "error": str(exc)})
+        return {"groups": performance_rows(digests), "skipped_runs": skipped}
+
+    def agreement(self, run_id: str, other_run_id: str) -> dict[str, Any]:
+        if run_id == other_run_id:
+            raise ViewRequestError(f"agreement compares two runs; pick a run other than {run_id!r}")
+        first_store, first_files = self._result_files(run_id)
+        second_store, second_files = self._result_files(other_run_id)
+        with self._lock(f"agreement:{run_id}:{other_run_id}"):
+            state = self._agreements.get((run_id, other_run_id)) or AgreementState()
+            shared = sorted(set(first_files) & set(second_files))
+            old_first, old_second = state.seen
+            for pid in shared:
+                unchanged = old_first.get(pid) == first_files[pid] and old_second.get(pid) == second_files[pid]
+                if unchanged and pid in state.prompts:
+                    continue
+                state.prompts[pid] = self._compare(pid, first_store, second_store)
+            for pid in set(state.prompts) - set(shared):
+                del state.prompts[pid]
+            state.seen = (first_files, second_files)
+            self._agreements[(run_id, other_run_id)] = state
+            agreements = [state.prompts[pid] for pid in shared if pid in state.prompts]
+        return agreement_view(
+            run_id,
+            other_run_id,
+            agreements,
+            only_first=len(set(first_files) - set(second_files)),
+            only_second=len(set(second_files) - set(first_files)),
+        )
+
+    def _compare(self, prompt_id: str, first_store: RunStore, second_store: RunStore) -> PromptAgreement:
+        matrices = []
+        for store in (first_store, second_store):
+            key = store.key("results", prompt_id)
+            try:
+                matrices.append(prompt_matrix(self.storage.get(key), key))
+            except (NotFoundError, ResultFormatError) as exc:
+                return PromptAgreement(prompt_id, 0, None, None, f"unreadable in {store.run_id}: {type(exc).__name__}")
+        return compare_prompts(prompt_id, matrices[0], matrices[1], AGREEMENT_TOP_K)
