@@ -440,7 +440,8 @@ def agreement_view(
         },
         "top_k_overlap": {"mean": float(overlaps.mean()) if len(overlaps) else None},
         "histogram": [
-            {"low": float(edges[k]), "high": float(edges[k + 1]), "count": int(counts[k])} for k in range(AGREEMENT_BINS)
+            {"low": float(edges[k]), "high": float(edges[k + 1]), "count": int(counts[k])}
+            for k in range(AGREEMENT_BINS)
         ],
         "disagree_most": [
             {"prompt_id": a.prompt_id, "spearman": a.spearman, "top_k_overlap": a.top_k_overlap, "rows": a.rows}

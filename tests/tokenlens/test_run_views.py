@@ -32,7 +32,9 @@ PROMPT_A = (["<s>", "the", "fox"], ["x", "y"], [[1.0, 2.0, 4.0, 0.0, 0.0], [0.0,
 PROMPT_B = (["<s>", "fox", "ran"], ["z"], [[0.0, -3.0, 1.0, 0.0]])
 
 
-def _result(run_id: str, prompt_id: str, spec: tuple[list[str], list[str], list[list[float]]], **meta: object) -> AnalysisResult:
+def _result(
+    run_id: str, prompt_id: str, spec: tuple[list[str], list[str], list[list[float]]], **meta: object
+) -> AnalysisResult:
     inputs, outputs, matrix = spec
     return AnalysisResult(
         metadata=AnalysisMetadata(
