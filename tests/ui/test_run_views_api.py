@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,13 +60,6 @@ def test_new_results_show_up_on_the_next_call(client: TestClient, storage: Stora
     after = client.get("/api/views/run-ixg/importance").json()
     assert after["prompts"] == before["prompts"] + 1
     assert "Zebras" in {row["token"] for row in after["tokens"]}
-
-
-def test_a_cached_answer_is_fast(client: TestClient) -> None:
-    client.get("/api/views/run-sal/importance")
-    started = time.perf_counter()
-    assert client.get("/api/views/run-sal/importance").status_code == 200
-    assert time.perf_counter() - started < 2.0  # the bound; bench/bench_views.py measures it on 10k
 
 
 @pytest.mark.parametrize(
