@@ -16,6 +16,7 @@ stored files, nothing else about the server.
     GET /api/runs/{run_id}/{kind}/{prompt_id}        a stored file (kind: results, inseq, errors); a result in any
                                                      format or revision (compact, seed files) as plain TokenLens JSON
     GET /api/compare?run_id=R&prompt_id=P            the same prompt in other runs (by prompt id, else by text)
+    GET /api/views/...                               run-level views (ui/run_views_api.py)
 """
 
 from __future__ import annotations
