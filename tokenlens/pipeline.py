@@ -30,7 +30,8 @@ from tokenlens.schema import (
     ErrorRecord,
     TokenInfo,
 )
-from tokenlens.tokenization import prepare_prompt
+from tokenlens.tokenization import encode_text, prepare_prompt
+from tokenlens.words import annotate_groups, decoded_spans, input_spans
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,24 @@ def build_result(
         output_tokens=_token_infos(tokenizer, output.output_ids, output_mask, output.token_probabilities),
         association_matrix=association,
     )
-    return AnalysisResult(metadata=metadata, data=data)
+    metadata.generated_text = _add_spans(tokenizer, prompt, output, data)
+    return annotate_groups(AnalysisResult(metadata=metadata, data=data))
+
+
+def _add_spans(tokenizer: Any, prompt: PromptInput, output: AttributionOutput, data: AnalysisData) -> str:
+    """Give each token its character span (`tokenlens.words`); returns the generated text output spans point into."""
+    model_text = prompt.model_text or prompt.text
+    ids, offsets = encode_text(tokenizer, model_text)
+    if ids == output.input_ids:  # an engine that dropped tokens keeps no spans: words fall back to token text
+        mask = [token.is_template for token in data.input_tokens]
+        for token, span in zip(
+            data.input_tokens, input_spans(offsets, mask, model_text.rfind(prompt.text), len(prompt.text)), strict=True
+        ):
+            token.span = list(span) if span is not None else None
+    generated, spans = decoded_spans(tokenizer, output.output_ids)
+    for token, (start, end) in zip(data.output_tokens, spans, strict=True):
+        token.span = [start, end]
+    return generated
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

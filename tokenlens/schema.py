@@ -52,6 +52,12 @@ class TokenInfo(BaseModel):
     is_template: bool = False
     #: For output tokens: p(token | everything before it) under the model.
     probability: float | None = None
+    #: Characters [start, end) of the prompt text (input tokens) or the generated text (output tokens) this
+    #: token covers; None for template tokens and in files written before spans (`tokenlens.words`).
+    span: list[int] | None = None
+    #: The index of the token's word and sentence within its sequence (`tokenlens.words.annotate_groups`).
+    word: int | None = None
+    sentence: int | None = None
 
 
 class AnalysisMetadata(BaseModel):
@@ -81,6 +87,8 @@ class AnalysisMetadata(BaseModel):
     forced_target: bool = False
     device: str | None = None
     dtype: str | None = None
+    #: The output tokens decoded together (special tokens kept): the text output tokens' spans point into.
+    generated_text: str | None = None
 
     @model_validator(mode="after")
     def _short_model_name(self) -> AnalysisMetadata:

@@ -109,3 +109,30 @@ def test_second_architecture_gpt2(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
     for i, row in enumerate(result.data.association_matrix):
         assert all(v == 0.0 for v in row[n_in + i :])
         assert max(abs(v) for v in result.data.normalized_association[i]) == pytest.approx(1.0)
+
+
+def test_tokens_carry_spans_words_and_sentences_and_files_stay_seed_valid(tiny_llama, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from tests.seed_validators import SeedAnalysisResult, ui_accepts
+    from tokenlens.words import group_tokens
+
+    prompts = [PromptRecord(id="w", prompt="Tokenizers split words. Then sentences!")]
+    assert process_batch(tiny_llama, task(tmp_path, prompts, chat_template=True)).done == ["w"]
+    raw = (tmp_path / "runs/r1/results/w.json").read_bytes()
+    document = json.loads(raw)
+    assert ui_accepts(document)
+    SeedAnalysisResult.model_validate(document)
+    result = AnalysisResult.from_json_bytes(raw)
+    prompt, generated = result.metadata.prompt, result.metadata.generated_text
+    assert generated is not None
+    inputs = result.data.input_tokens
+    covered = "".join(prompt[t.span[0] : t.span[1]] for t in inputs if t.span is not None)
+    assert covered == prompt  # the prompt's tokens cover it exactly; template tokens have no span
+    assert all(t.span is None for t in inputs if t.is_template) and any(t.is_template for t in inputs)
+    outputs = result.data.output_tokens
+    assert "".join(generated[t.span[0] : t.span[1]] for t in outputs if t.span is not None) == generated
+    words = [g.text for g in group_tokens(inputs, prompt, "word") if not g.is_template]
+    assert words == ["Tokenizers", " split", " words", ".", " Then", " sentences", "!"]
+    sentence_of = {t.sentence for t in inputs if not t.is_template}
+    assert len(sentence_of) == 2 and all(t.word is not None for t in [*inputs, *outputs])
