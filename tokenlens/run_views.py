@@ -14,7 +14,9 @@ Four views answer the questions a researcher has about a finished (or running) r
   with ``mu`` the mean of a(j) over every occurrence in the run and ``m = IMPORTANCE_PRIOR_COUNT``. 1.0 means "an
   average token"; 2.0 means its occurrences draw twice the attribution of an average one, and a token seen
   once is pulled towards 1.0 so chance does not top the list. Template tokens are left out (they are the chat
-  template, not the user's input). Each token lists the prompts where it scored highest.
+  template, not the user's input). Each token lists the prompts where it scored highest. At word level
+  (`tokenlens.words` groups tokens by their character spans), a word's occurrence receives the sum of its
+  tokens' a(j) (the "sum" aggregation), and the same formula ranks the words.
 * **Where attention goes** — for each output position, the mean share of a row's absolute attribution that
   falls on prompt tokens, template tokens and earlier generated tokens; and the distance profile: the mean
   share at distance d (d = 1 is the token just before the one being predicted), in doubling buckets.
@@ -46,6 +48,8 @@ from storage_backends import NotFoundError, Storage
 from tokenlens.errors import TokenLensError
 from tokenlens.result_codec import ResultFormatError, load_document, upgrade_document
 from tokenlens.results import RunStore, list_run_ids
+from tokenlens.schema import TokenInfo
+from tokenlens.words import group_tokens
 
 #: The prior weight m (in occurrences) of the frequency-corrected importance score (see the module docstring).
 IMPORTANCE_PRIOR_COUNT = 5.0
@@ -89,8 +93,8 @@ class PromptDigest:
     n_in: int
     n_out: int
     timings_s: Mapping[str, float]
-    #: Non-template input units with a(j) (module docstring), at token level.
-    units: tuple[InputUnit, ...]
+    #: Non-template input units with their scores (module docstring), per level ("token", "word").
+    units: Mapping[str, tuple[InputUnit, ...]]
     #: Per output position: (prompt share, template share, generated share); None for an all-zero row.
     shares: tuple[tuple[float, float, float] | None, ...]
     #: Per distance bucket: the summed share over this prompt's non-zero rows.
@@ -126,27 +130,35 @@ def decode_prompt(raw: bytes, source: str) -> tuple[dict[str, Any], np.ndarray]:
     return document, matrix
 
 
-def token_text(token: Mapping[str, Any]) -> str:
+def token_text(token: TokenInfo) -> str:
     """A token's readable text for grouping across prompts: its clean text without surrounding whitespace."""
-    clean = token.get("clean_token")
-    text = str(clean if isinstance(clean, str) else token.get("token", "")).strip()
-    return text or str(token.get("token", "")).strip() or "␣"
+    return token.clean_token.strip() or token.token.strip() or "␣"
 
 
-def input_units(tokens: list[dict[str, Any]], received: np.ndarray, level: str) -> tuple[InputUnit, ...]:
-    """The prompt's non-template input units and their scores at `level` ("token"; "word" once words merge).
+def input_units(
+    tokens: list[TokenInfo], received: np.ndarray, level: str, prompt_text: str | None
+) -> tuple[InputUnit, ...]:
+    """The prompt's non-template input units and their scores at `level` ("token" or "word").
 
-    The one place a level is interpreted, so word grouping (tokenlens.words, from tokenizer offsets) slots in
-    here without touching the views.
+    A word is grouped by `tokenlens.words` (from the tokens' character spans in `prompt_text`) and receives the
+    sum of its tokens' scores (the "sum" aggregation: what its tokens receive together). The one place a level
+    is interpreted.
     """
     if level == "token":
         return tuple(
             InputUnit(token_text(token), float(score))
             for token, score in zip(tokens, received, strict=True)
-            if not token.get("is_template")
+            if not token.is_template
         )
-    raise ViewRequestError(
-        f"level {level!r} is not available yet; use level=token (word level arrives with tokenlens.words)"
+    if level != "word":
+        raise ViewRequestError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+    return tuple(
+        InputUnit(
+            group.text.strip() or "".join(tokens[j].token for j in group.tokens),
+            float(sum(received[j] for j in group.tokens)),
+        )
+        for group in group_tokens(tokens, prompt_text, "word")
+        if not group.is_template
     )
 
 
@@ -167,14 +179,19 @@ def digest_prompt(prompt_id: str, raw: bytes, source: str) -> PromptDigest:
     """The `PromptDigest` of one stored result file."""
     document, matrix = decode_prompt(raw, source)
     metadata, data = document["metadata"], document["data"]
-    inputs: list[dict[str, Any]] = data["input_tokens"]
+    try:
+        inputs = [TokenInfo.model_validate(token) for token in data["input_tokens"]]
+    except ValueError as exc:
+        raise ResultFormatError(
+            f"{source}: an input token is not a valid token ({str(exc).splitlines()[-1]})"
+        ) from None
     n_in, n_out = len(inputs), matrix.shape[0]
     magnitude = np.abs(matrix)
     peaks = magnitude.max(axis=1, keepdims=True) if matrix.size else np.zeros((n_out, 1))
     normalized = np.divide(magnitude, peaks, out=np.zeros_like(magnitude), where=peaks > 0)
     received = normalized[:, :n_in].mean(axis=0) if n_out else np.zeros(n_in)
 
-    template = np.array([bool(token.get("is_template")) for token in inputs], dtype=bool)
+    template = np.array([token.is_template for token in inputs], dtype=bool)
     row_totals = magnitude.sum(axis=1)
     on_template = magnitude[:, :n_in][:, template].sum(axis=1)
     on_prompt = magnitude[:, :n_in].sum(axis=1) - on_template
@@ -195,6 +212,7 @@ def digest_prompt(prompt_id: str, raw: bytes, source: str) -> PromptDigest:
         np.add.at(distance_sums, buckets[live][valid], share[valid])
 
     timings = metadata.get("timings_s")
+    prompt_text = metadata.get("prompt") if isinstance(metadata.get("prompt"), str) else None
     return PromptDigest(
         prompt_id=prompt_id,
         model=str(metadata.get("llm_id") or "unknown"),
@@ -208,7 +226,7 @@ def digest_prompt(prompt_id: str, raw: bytes, source: str) -> PromptDigest:
             for k, v in (timings.items() if isinstance(timings, dict) else ())
             if isinstance(v, int | float) and math.isfinite(v)
         },
-        units=input_units(inputs, received, "token"),
+        units={level: input_units(inputs, received, level, prompt_text) for level in LEVELS},
         shares=shares,
         distance_sums=tuple(float(v) for v in distance_sums),
         distance_rows=int(live.sum()),
@@ -229,7 +247,7 @@ def prompt_matrix(raw: bytes, source: str) -> PromptMatrix:
 
 
 @dataclass
-class TokenTally:
+class UnitTally:
     total: float = 0.0
     count: int = 0
     #: (best score in the prompt, prompt id) of the prompts where it scored highest (a min-heap).
@@ -237,13 +255,39 @@ class TokenTally:
 
 
 @dataclass
+class ImportanceSums:
+    """Token importance at one level: every unit's tally, and the sum and count over all occurrences."""
+
+    total: float = 0.0
+    count: int = 0
+    units: dict[str, UnitTally] = field(default_factory=dict)
+
+    def add(self, units: Iterable[InputUnit], prompt_id: str) -> None:
+        best_here: dict[str, float] = {}
+        for unit in units:
+            tally = self.units.get(unit.text)
+            if tally is None:
+                tally = self.units[unit.text] = UnitTally()
+            tally.total += unit.score
+            tally.count += 1
+            self.total += unit.score
+            self.count += 1
+            if unit.score > best_here.get(unit.text, -1.0):
+                best_here[unit.text] = unit.score
+        for text, score in best_here.items():
+            best = self.units[text].best
+            if len(best) < TOP_PROMPTS_PER_TOKEN:
+                heapq.heappush(best, (score, prompt_id))
+            elif (score, prompt_id) > best[0]:
+                heapq.heapreplace(best, (score, prompt_id))
+
+
+@dataclass
 class RunAggregate:
     """The run's sums over every digest added so far."""
 
     prompts: int = 0
-    unit_total: float = 0.0
-    unit_count: int = 0
-    tokens: dict[str, TokenTally] = field(default_factory=dict)
+    importance: dict[str, ImportanceSums] = field(default_factory=lambda: {level: ImportanceSums() for level in LEVELS})
     #: Per output position: [prompt, template, generated] share sums and the number of rows.
     position_sums: list[list[float]] = field(default_factory=list)
     position_rows: list[int] = field(default_factory=list)
@@ -252,23 +296,8 @@ class RunAggregate:
 
     def add(self, digest: PromptDigest) -> None:
         self.prompts += 1
-        best_here: dict[str, float] = {}
-        for unit in digest.units:
-            tally = self.tokens.get(unit.text)
-            if tally is None:
-                tally = self.tokens[unit.text] = TokenTally()
-            tally.total += unit.score
-            tally.count += 1
-            self.unit_total += unit.score
-            self.unit_count += 1
-            if unit.score > best_here.get(unit.text, -1.0):
-                best_here[unit.text] = unit.score
-        for text, score in best_here.items():
-            best = self.tokens[text].best
-            if len(best) < TOP_PROMPTS_PER_TOKEN:
-                heapq.heappush(best, (score, digest.prompt_id))
-            elif (score, digest.prompt_id) > best[0]:
-                heapq.heapreplace(best, (score, digest.prompt_id))
+        for level, importance in self.importance.items():
+            importance.add(digest.units[level], digest.prompt_id)
         for position, share in enumerate(digest.shares):
             if position >= len(self.position_rows):
                 self.position_sums.append([0.0, 0.0, 0.0])
@@ -283,22 +312,24 @@ class RunAggregate:
         self.distance_rows += digest.distance_rows
 
 
-def importance_view(aggregate: RunAggregate, limit: int) -> dict[str, Any]:
-    """The top `limit` tokens by frequency-corrected score (module docstring), with their links."""
-    mu = aggregate.unit_total / aggregate.unit_count if aggregate.unit_count else 0.0
+def importance_view(aggregate: RunAggregate, level: str, limit: int) -> dict[str, Any]:
+    """The top `limit` units at `level` by frequency-corrected score (module docstring), with their links."""
+    sums = aggregate.importance[level]
+    mu = sums.total / sums.count if sums.count else 0.0
     prior = IMPORTANCE_PRIOR_COUNT
     rows = []
-    for text, tally in aggregate.tokens.items():
+    for text, tally in sums.units.items():
         score = ((tally.total + prior * mu) / (tally.count + prior)) / mu if mu > 0 else 0.0
         rows.append((score, tally.total, text, tally))
     rows.sort(key=lambda row: (-row[0], -row[1], row[2]))
     return {
-        "level": "token",
+        "level": level,
         "formula": "score = ((total + m*mu) / (count + m)) / mu; total = sum over occurrences of the mean |normalized "
-        "attribution| the token receives per output token; mu = mean over all occurrences",
+        "attribution| the token (a word: its tokens together) receives per output token; mu = mean over all "
+        "occurrences",
         "prior_count": prior,
         "mean_per_occurrence": mu,
-        "distinct_tokens": len(aggregate.tokens),
+        "distinct_tokens": len(sums.units),
         "tokens": [
             {
                 "token": text,
@@ -583,10 +614,8 @@ class RunViewCache:
     def importance(self, run_id: str, level: str = "token", limit: int = 50) -> dict[str, Any]:
         if level not in LEVELS:
             raise ViewRequestError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
-        if level != "token":
-            input_units([], np.zeros(0), level)  # the one place that says which levels exist
         state = self.run_state(run_id)
-        return {**self._summary(run_id, state), **importance_view(state.aggregate, limit)}
+        return {**self._summary(run_id, state), **importance_view(state.aggregate, level, limit)}
 
     def attention(self, run_id: str) -> dict[str, Any]:
         state = self.run_state(run_id)

@@ -32,6 +32,14 @@ PROMPT_A = (["<s>", "the", "fox"], ["x", "y"], [[1.0, 2.0, 4.0, 0.0, 0.0], [0.0,
 PROMPT_B = (["<s>", "fox", "ran"], ["z"], [[0.0, -3.0, 1.0, 0.0]])
 
 
+#: An input token written "+x" continues the word before it (no space in front); others start a word.
+GLUED = "+"
+
+
+def _clean(token: str, index: int) -> str:
+    return token[1:] if token.startswith(GLUED) else (" " + token if index else token)
+
+
 def _result(
     run_id: str, prompt_id: str, spec: tuple[list[str], list[str], list[list[float]]], **meta: object
 ) -> AnalysisResult:
@@ -48,7 +56,7 @@ def _result(
         ),
         data=AnalysisData(
             input_tokens=[
-                TokenInfo(token=t, token_id=k, clean_token=" " + t if k else t, is_template=(k == 0))
+                TokenInfo(token=t.lstrip(GLUED), token_id=k, clean_token=_clean(t, k), is_template=(k == 0))
                 for k, t in enumerate(inputs)
             ],
             output_tokens=[TokenInfo(token=t, token_id=100 + k, clean_token=t) for k, t in enumerate(outputs)],
@@ -93,6 +101,20 @@ def test_token_importance_follows_the_stated_formula(storage: Storage, result_fo
     assert [row["token"] for row in view["tokens"]] == sorted(expected, key=lambda t: -expected[t])
     assert [p["prompt_id"] for p in got["fox"]["top_prompts"]] == ["b", "a"]  # b gives fox 1.0, a gives 0.75
     assert view["prompts"] == 2 and view["unreadable"] == []
+
+
+def test_word_importance_sums_the_tokens_of_a_word(storage: Storage) -> None:
+    # "fox" is two tokens, "fo" and "x"; the row over its peak 4 gives fo 0.25, x 0.5, ran 1.0.
+    _write(storage, "r", [_result("r", "a", (["<s>", "fo", "+x", "ran"], ["z"], [[0.0, 1.0, 2.0, 4.0, 0.0]]))])
+    cache = RunViewCache(storage)
+    words = {row["token"]: row for row in cache.importance("r", level="word")["tokens"]}
+    tokens = {row["token"]: row for row in cache.importance("r", level="token")["tokens"]}
+    assert set(words) == {"fox", "ran"} and set(tokens) == {"fo", "x", "ran"}
+    mu = (0.75 + 1.0) / 2
+    m = IMPORTANCE_PRIOR_COUNT
+    assert words["fox"]["total"] == pytest.approx(0.75)
+    assert words["fox"]["score"] == pytest.approx(((0.75 + m * mu) / (1 + m)) / mu)
+    assert words["ran"]["total"] == pytest.approx(tokens["ran"]["total"]) == pytest.approx(1.0)
 
 
 def test_where_attention_goes_by_position_and_distance(storage: Storage) -> None:

@@ -43,6 +43,8 @@ def test_the_views_answer_what_the_core_computes(client: TestClient, storage: St
     assert importance.headers["cache-control"] == "no-store"
     assert importance.json() == core.importance("run-sal", limit=5)
     assert len(importance.json()["tokens"]) == 5
+    words = client.get("/api/views/run-sal/importance?level=word&limit=5").json()
+    assert words == core.importance("run-sal", level="word", limit=5) and words["level"] == "word"
     assert client.get("/api/views/run-sal/attention").json() == core.attention("run-sal")
     agreement = client.get("/api/views/run-sal/agreement?with=run-ixg").json()
     assert agreement == core.agreement("run-sal", "run-ixg")
@@ -71,7 +73,7 @@ def test_new_results_show_up_on_the_next_call(client: TestClient, storage: Stora
         ("/api/views/run-sal/agreement?with=..%2Fetc", 400, "run id"),
         ("/api/views/run-sal/agreement?with=nope", 404, "nope"),
         ("/api/views/run-sal/importance?level=sentence", 400, "unknown level"),
-        ("/api/views/run-sal/importance?level=word", 400, "level=token"),
+        ("/api/views/run-sal/importance?level=word%00", 400, "unknown level"),
         ("/api/views/run-sal/importance?limit=0", 400, "limit"),
         ("/api/views/run-sal/importance?limit=-3", 400, "limit"),
         ("/api/views/run-sal/importance?limit=99999999999999999999", 400, "limit"),

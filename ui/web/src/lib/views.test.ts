@@ -1,7 +1,16 @@
 // The pure helpers of the run-level views (lib/views.ts).
 import { describe, expect, it } from "vitest";
 import { paths, matchRoute } from "./router";
-import { agreementCandidates, barFractions, fixed, percent, phaseColumns, seconds, type PerformanceGroup } from "./views";
+import {
+  agreementCandidates,
+  barFractions,
+  fixed,
+  importanceLevel,
+  percent,
+  phaseColumns,
+  seconds,
+  type PerformanceGroup,
+} from "./views";
 
 const group = (phases: string[]): PerformanceGroup => ({
   model: "m",
@@ -47,6 +56,12 @@ describe("view helpers", () => {
       { run_id: "broken", prompt_count: 0, created_at: "", error: "unreadable run.json" },
     ];
     expect(agreementCandidates(runs, "self").map((r) => r.run_id)).toEqual(["new-same", "old-same", "new-other"]);
+  });
+
+  it("reads the importance level from the URL, tokens unless words are asked for", () => {
+    expect(importanceLevel("word")).toBe("word");
+    expect(importanceLevel("sentence")).toBe("token");
+    expect(importanceLevel(null)).toBe("token");
   });
 
   it("routes the insights and agreement pages", () => {

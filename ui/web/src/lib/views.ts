@@ -3,8 +3,18 @@
 
 const enc = encodeURIComponent;
 
+/** The units token importance ranks: tokens, or words (tokens grouped by tokenlens/words.py). */
+export const IMPORTANCE_LEVELS = ["token", "word"] as const;
+export type ImportanceLevel = (typeof IMPORTANCE_LEVELS)[number];
+
+/** The level a URL's ?level= names; tokens for anything else. */
+export function importanceLevel(value: string | null): ImportanceLevel {
+  return (IMPORTANCE_LEVELS as readonly string[]).includes(value ?? "") ? (value as ImportanceLevel) : "token";
+}
+
 export const viewUrls = {
-  importance: (runId: string, limit = 50) => `/api/views/${enc(runId)}/importance?level=token&limit=${limit}`,
+  importance: (runId: string, level: ImportanceLevel = "token", limit = 50) =>
+    `/api/views/${enc(runId)}/importance?level=${level}&limit=${limit}`,
   attention: (runId: string) => `/api/views/${enc(runId)}/attention`,
   agreement: (runId: string, otherRunId: string) => `/api/views/${enc(runId)}/agreement?with=${enc(otherRunId)}`,
   performance: () => "/api/views/performance",

@@ -3,16 +3,19 @@
 // run cost next to the other runs. The numbers are the API's (tokenlens/run_views.py); this page only draws them.
 import { Breadcrumbs, Loading, Notice } from "../components/Common";
 import "./views.css";
-import { Link, paths } from "../lib/router";
+import { Link, navigate, paths, useLocation } from "../lib/router";
 import { usePolling } from "../lib/usePolling";
 import {
   barFractions,
   fixed,
+  IMPORTANCE_LEVELS,
+  importanceLevel,
   percent,
   phaseColumns,
   seconds,
   viewUrls,
   type AttentionView,
+  type ImportanceLevel,
   type ImportanceView,
   type PerformanceView,
 } from "../lib/views";
@@ -21,7 +24,8 @@ import {
 const VIEWS_POLL_MS = 10_000;
 
 export function InsightsPage({ runId }: { runId: string }) {
-  const importance = usePolling<ImportanceView>(viewUrls.importance(runId), () => VIEWS_POLL_MS);
+  const level = importanceLevel(useLocation().search.get("level"));
+  const importance = usePolling<ImportanceView>(viewUrls.importance(runId, level), () => VIEWS_POLL_MS);
   const attention = usePolling<AttentionView>(viewUrls.attention(runId), () => VIEWS_POLL_MS);
   const performance = usePolling<PerformanceView>(viewUrls.performance(), () => VIEWS_POLL_MS);
   const error = importance.error ?? attention.error ?? performance.error;
@@ -52,27 +56,45 @@ export function InsightsPage({ runId }: { runId: string }) {
         </Notice>
       )}
       {importance.loading && !importance.data ? <Loading what="token importance" /> : null}
-      {importance.data && <TokenImportance runId={runId} view={importance.data} />}
+      {importance.data && <TokenImportance runId={runId} view={importance.data} level={level} />}
       {attention.data && <WhereAttentionGoes view={attention.data} />}
       {performance.data && <Performance view={performance.data} runId={runId} />}
     </main>
   );
 }
 
-function TokenImportance({ runId, view }: { runId: string; view: ImportanceView }) {
+const LEVEL_LABELS: Record<ImportanceLevel, string> = { token: "Tokens", word: "Words" };
+
+function TokenImportance({ runId, view, level }: { runId: string; view: ImportanceView; level: ImportanceLevel }) {
   const bars = barFractions(view.tokens.map((t) => t.score));
+  const unit = level === "word" ? "word" : "token";
   return (
     <section className="panel views-section" aria-labelledby="importance-title">
       <h2 id="importance-title">Token importance</h2>
+      <div className="button-group" role="group" aria-label="Rank tokens or words">
+        {IMPORTANCE_LEVELS.map((choice) => (
+          <button
+            key={choice}
+            type="button"
+            aria-pressed={level === choice}
+            onClick={() =>
+              navigate(`${paths.insights(runId)}${choice === "token" ? "" : `?level=${choice}`}`, { replace: true })
+            }
+          >
+            {LEVEL_LABELS[choice]}
+          </button>
+        ))}
+      </div>
       <p className="hint">
-        Input tokens (template left out) ranked by a frequency-corrected score: the mean attribution an occurrence
-        receives, shrunk towards the run's mean by {view.prior_count} occurrences, over the run's mean. 1.000 is an
-        average token. Total is the attribution summed over every occurrence; {view.distinct_tokens} distinct tokens.
+        Input {unit}s (template left out) ranked by a frequency-corrected score: the mean attribution an occurrence
+        receives{level === "word" ? " (its tokens together)" : ""}, shrunk towards the run's mean by{" "}
+        {view.prior_count} occurrences, over the run's mean. 1.000 is an average {unit}. Total is the attribution
+        summed over every occurrence; {view.distinct_tokens} distinct {unit}s.
       </p>
       <table className="table" data-testid="importance-table">
         <thead>
           <tr>
-            <th>Token</th>
+            <th>{level === "word" ? "Word" : "Token"}</th>
             <th>Score</th>
             <th aria-label="Score bar" />
             <th>Total</th>

@@ -63,8 +63,10 @@ const agreement: AgreementView = {
 };
 
 let routes: Record<string, () => Response>;
+let calls: string[];
 
 beforeEach(() => {
+  calls = [];
   routes = {
     "/api/health": () => jsonResponse({ status: "ok", results_url: "/r" }),
     "/api/runs": () =>
@@ -84,6 +86,7 @@ beforeEach(() => {
     "fetch",
     vi.fn(async (input: RequestInfo | URL) => {
       const url = new URL(String(input), "http://localhost");
+      calls.push(url.pathname + url.search);
       const key = url.pathname + (url.pathname.endsWith("/agreement") ? url.search : "");
       const route = routes[key];
       return route ? route() : jsonResponse({ error: `no such thing: ${key}` }, 404);
@@ -112,6 +115,18 @@ describe("insights page", () => {
     const row = perf.querySelector('tr[data-current="yes"]')!;
     expect(within(row as HTMLElement).getByText("2.00 s")).toBeTruthy();
     expect(within(row as HTMLElement).getByText("500.0 ms / token")).toBeTruthy();
+  });
+
+  it("ranks words instead of tokens on request, and keeps the choice in the URL", async () => {
+    window.history.replaceState(null, "", "/insights/run-a");
+    render(<App />);
+    await screen.findByTestId("importance-table");
+    expect(calls).toContain("/api/views/run-a/importance?level=token&limit=50");
+    fireEvent.click(screen.getByRole("button", { name: "Words" }));
+    expect(window.location.search).toBe("?level=word");
+    await screen.findByRole("columnheader", { name: "Word" });
+    expect(calls).toContain("/api/views/run-a/importance?level=word&limit=50");
+    expect(screen.getByRole("button", { name: "Words" }).getAttribute("aria-pressed")).toBe("true");
   });
 
   it("says what went wrong when the run does not exist", async () => {
