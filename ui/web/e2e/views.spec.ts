@@ -19,7 +19,7 @@ async function tableRows(table: Locator): Promise<Locator[]> {
   return table.locator("tbody tr").all();
 }
 
-async function readInsights(page: Page) {
+async function readImportance(page: Page) {
   const importance = page.getByTestId("importance-table");
   const tokens = [];
   for (const row of await tableRows(importance)) {
@@ -31,6 +31,11 @@ async function readInsights(page: Page) {
       links: await row.locator("td.links a").evaluateAll((links) => links.map((a) => a.getAttribute("href"))),
     });
   }
+  return tokens;
+}
+
+async function readInsights(page: Page) {
+  const tokens = await readImportance(page);
   const overall: Record<string, string> = {};
   for (const share of await page.getByTestId("attention-overall").locator("[data-kind]").all()) {
     overall[(await share.getAttribute("data-kind")) ?? ""] = await text(share.locator("dd"));
@@ -61,6 +66,14 @@ test("the Insights page shows the run's token importance, attention and performa
   expect(shown.tokens.length).toBeGreaterThan(3);
   writeFileSync(join(outDir, "insights.json"), JSON.stringify(shown, null, 2));
   await page.screenshot({ path: join(artifacts, "insights-page.png"), fullPage: true });
+
+  // Words: the same table, grouped by tokenlens/words.py.
+  await page.getByRole("button", { name: "Words" }).click();
+  await expect(page).toHaveURL(/\?level=word$/);
+  await expect(page.getByRole("columnheader", { name: "Word" })).toBeVisible();
+  const words = await readImportance(page);
+  expect(words.length).toBeGreaterThan(3);
+  writeFileSync(join(outDir, "words.json"), JSON.stringify(words, null, 2));
 
   // A token's link opens the prompt where it matters most.
   const firstLink = page.getByTestId("importance-table").locator("tbody tr").first().locator("td.links a").first();
