@@ -15,14 +15,8 @@ from storage_backends import LocalStorage, Storage
 from tests.ui.sample_runs import SamplePrompt, make_result, write_run
 from tokenlens.errors import RunNotFoundError
 from tokenlens.results import RunStore
-from tokenlens.run_views import (
-    IMPORTANCE_PRIOR_COUNT,
-    RunViewCache,
-    ViewRequestError,
-    average_ranks,
-    spearman,
-    top_k_overlap,
-)
+from tokenlens.run_agreement import average_ranks, spearman, top_k_overlap
+from tokenlens.run_views import IMPORTANCE_PRIOR_COUNT, RunViewCache, ViewRequestError
 from tokenlens.schema import AnalysisData, AnalysisMetadata, AnalysisResult, RunManifest, TokenInfo
 
 # Two prompts; the template token "<s>" is left out of importance, "fox" appears in both.
