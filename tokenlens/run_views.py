@@ -38,9 +38,9 @@ from __future__ import annotations
 import heapq
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -59,6 +59,7 @@ TOP_PROMPTS_PER_TOKEN = 5
 #: Distance buckets of the distance profile: [1], [2], [3, 4], [5, 8], ... doubling, the last open-ended.
 DISTANCE_BUCKET_EDGES = (1, 2, 3, 5, 9, 17, 33, 65, 129, 257, 513)
 LEVELS = ("token", "word")
+T = TypeVar("T")
 
 
 class ViewRequestError(TokenLensError):
@@ -444,37 +445,45 @@ class RunViewCache:
         return store, store.sizes("results")
 
     def run_state(self, run_id: str) -> RunState:
-        """The run's state, digesting the result files that are new (or changed) since the last call."""
+        """The run's state, brought up to date. Only for reading where no other thread uses this cache."""
+        return self._read(run_id, lambda state: state)
+
+    def _read(self, run_id: str, read: Callable[[RunState], T]) -> T:
+        """`read` of the run's state, brought up to date, under the run's lock (a view never sees half an update)."""
         store, files = self._result_files(run_id)
         with self._lock(f"run:{run_id}"):
-            state = self._runs.get(run_id) or RunState()
-            if files == state.seen:
-                return state
-            gone = [pid for pid, size in state.seen.items() if files.get(pid) != size]
-            if gone:  # a corrupt result removed (or replaced): rebuild the sums from the digests kept
-                for pid in gone:
-                    state.digests.pop(pid, None)
-                    state.unreadable.pop(pid, None)
-                state.aggregate = RunAggregate()
-                for digest in state.digests.values():
-                    state.aggregate.add(digest)
-            for pid in sorted(files):
-                if pid in state.digests or pid in state.unreadable:
-                    continue
-                key = store.key("results", pid)
-                try:
-                    digest = digest_prompt(pid, self.storage.get(key), key)
-                except NotFoundError:
-                    files.pop(pid)  # removed since the listing; seen next time if it comes back
-                    continue
-                except ResultFormatError as exc:
-                    state.unreadable[pid] = str(exc)
-                    continue
-                state.digests[pid] = digest
-                state.aggregate.add(digest)
-            state.seen = files
-            self._runs[run_id] = state
+            return read(self._refresh(run_id, store, files))
+
+    def _refresh(self, run_id: str, store: RunStore, files: dict[str, int]) -> RunState:
+        """The run's state, digesting the result files that are new (or changed) since the last call."""
+        state = self._runs.get(run_id) or RunState()
+        if files == state.seen:
             return state
+        gone = [pid for pid, size in state.seen.items() if files.get(pid) != size]
+        if gone:  # a corrupt result removed (or replaced): rebuild the sums from the digests kept
+            for pid in gone:
+                state.digests.pop(pid, None)
+                state.unreadable.pop(pid, None)
+            state.aggregate = RunAggregate()
+            for digest in state.digests.values():
+                state.aggregate.add(digest)
+        for pid in sorted(files):
+            if pid in state.digests or pid in state.unreadable:
+                continue
+            key = store.key("results", pid)
+            try:
+                digest = digest_prompt(pid, self.storage.get(key), key)
+            except NotFoundError:
+                files.pop(pid)  # removed since the listing; seen next time if it comes back
+                continue
+            except ResultFormatError as exc:
+                state.unreadable[pid] = str(exc)
+                continue
+            state.digests[pid] = digest
+            state.aggregate.add(digest)
+        state.seen = files
+        self._runs[run_id] = state
+        return state
 
     def _summary(self, run_id: str, state: RunState) -> dict[str, Any]:
         return {
@@ -486,12 +495,12 @@ class RunViewCache:
     def importance(self, run_id: str, level: str = "token", limit: int = 50) -> dict[str, Any]:
         if level not in LEVELS:
             raise ViewRequestError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
-        state = self.run_state(run_id)
-        return {**self._summary(run_id, state), **importance_view(state.aggregate, level, limit)}
+        return self._read(
+            run_id, lambda state: {**self._summary(run_id, state), **importance_view(state.aggregate, level, limit)}
+        )
 
     def attention(self, run_id: str) -> dict[str, Any]:
-        state = self.run_state(run_id)
-        return {**self._summary(run_id, state), **attention_view(state.aggregate)}
+        return self._read(run_id, lambda state: {**self._summary(run_id, state), **attention_view(state.aggregate)})
 
     def performance(self, run_ids: Iterable[str] | None = None) -> dict[str, Any]:
         """Performance across `run_ids` (default: every run under the root whose run.json reads)."""
@@ -500,7 +509,7 @@ class RunViewCache:
         skipped = []
         for run_id in chosen:
             try:
-                digests[run_id] = list(self.run_state(run_id).digests.values())
+                digests[run_id] = self._read(run_id, lambda state: list(state.digests.values()))
             except (TokenLensError, ValueError) as exc:
                 if run_ids is not None:
                     raise

@@ -6,6 +6,7 @@ Every expected number is worked out in the test from the matrices it wrote, not 
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,31 @@ def test_unknown_runs_and_levels_are_clear_errors(storage: Storage) -> None:
     with pytest.raises(ViewRequestError, match="level 'sentence'"):
         cache.importance("r", level="sentence")
     assert not math.isnan(cache.importance("r")["mean_per_occurrence"])
+
+
+def test_views_asked_for_at_once_while_results_arrive_stay_consistent(storage: Storage) -> None:
+    store = _write(storage, "r", [_result("r", "a", PROMPT_A)])
+    cache = RunViewCache(storage)
+    failures: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            for _ in range(20):
+                view = cache.importance("r")
+                # Whole updates only: every prompt counted has its tokens counted ("fox" once per prompt).
+                fox = next(row for row in view["tokens"] if row["token"] == "fox")
+                assert fox["count"] == view["prompts"]
+                cache.attention("r")
+        except BaseException as exc:  # any failure in a thread fails the test
+            failures.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for k in range(30):
+        store.write_result(_result("r", f"n{k}", PROMPT_B))
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert cache.importance("r") == RunViewCache(storage).importance("r")
+    assert cache.importance("r")["prompts"] == 31
