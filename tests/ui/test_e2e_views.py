@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,27 @@ def check_importance(shown_rows: list[dict[str, Any]], computed: dict[str, Any],
         assert shown["links"] == [f"/runs/{run_id}/{p['prompt_id']}" for p in row["top_prompts"]]
 
 
-def test_the_views_in_a_browser_show_the_core_numbers(tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class ShownViews:
+    """The real runs, and what the views showed of them in the browser (written by views.spec.ts)."""
+
+    results: Path
+    shown: Path
+    base_run: str
+    other_run: str
+
+
+@pytest.fixture(scope="module")
+def shown_views(tmp_path_factory: pytest.TempPathFactory) -> ShownViews:
+    """Two real SmolLM2 runs, served by `tokenlens ui` and read in Chromium once for every test here."""
     require_tools()
     build_web_app()
-    results = tmp_path / "results"
-    prompts_file = tmp_path / "prompts.jsonl"
+    root = tmp_path_factory.mktemp("views")
+    results = root / "results"
+    prompts_file = root / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     make_runs(results, prompts_file)
-    out = tmp_path / "shown"
+    out = root / "shown"
     out.mkdir()
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
     base_run, other_run = list(RUNS)
@@ -83,7 +97,12 @@ def test_the_views_in_a_browser_show_the_core_numbers(tmp_path: Path) -> None:
     sys.stdout.write(done.stdout[-4000:])
     assert done.returncode == 0, f"the Playwright spec failed:\n{done.stdout[-12000:]}\n{done.stderr[-4000:]}"
     assert "2 passed" in done.stdout
+    return ShownViews(results, out, base_run, other_run)
 
+
+def test_the_views_in_a_browser_show_the_core_numbers(shown_views: ShownViews) -> None:
+    results, out = shown_views.results, shown_views.shown
+    base_run, other_run = shown_views.base_run, shown_views.other_run
     core = RunViewCache(LocalStorage(results))
     insights = json.loads((out / "insights.json").read_text())
     check_importance(insights["tokens"], core.importance(base_run, limit=50), base_run)
@@ -118,3 +137,24 @@ def test_the_views_in_a_browser_show_the_core_numbers(tmp_path: Path) -> None:
     ]
     for name in ("insights-page.png", "agreement-page.png"):
         assert (ARTIFACTS_DIR / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_token_importance_on_screen_is_the_exports(shown_views: ShownViews) -> None:
+    """Token totals from the export's table (tokenlens.open_run) equal the Insights page's.
+
+    An occurrence's a(j) is the mean |normalized_score| over the output rows of its source column; a token's
+    total sums a(j) over its occurrences (tokenlens/run_views.py's definition, here from the export's rows).
+    """
+    run_dataset = pytest.importorskip("tokenlens.run_dataset", reason="tokenlens.open_run comes with the export")
+    table = run_dataset.open_run(str(shown_views.results), shown_views.base_run).to_pandas(level="token")
+    sources = table[(table["source_kind"] == "prompt") & ~table["source_is_template"]].copy()
+    sources["magnitude"] = sources["normalized_score"].abs().astype("float64")
+    received = sources.groupby(["prompt_id", "source_position", "source_clean_token"])["magnitude"].mean()
+    totals: dict[str, float] = {}
+    for (_prompt, _position, clean), value in received.items():
+        text = str(clean).strip()
+        totals[text] = totals.get(text, 0.0) + float(value)
+    shown = json.loads((shown_views.shown / "insights.json").read_text())["tokens"]
+    assert shown, "the page showed no tokens"
+    for row in shown:
+        assert abs(float(row["total"]) - totals[row["token"]]) <= THREE_DECIMALS + 1e-6, row
