@@ -9,6 +9,7 @@ import {
   percent,
   phaseColumns,
   seconds,
+  withoutEmptyTail,
   type PerformanceGroup,
 } from "./views";
 
@@ -37,6 +38,12 @@ describe("view helpers", () => {
     expect(barFractions([1, 2, 4])).toEqual([0.25, 0.5, 1]);
     expect(barFractions([0, 0])).toEqual([0, 0]);
     expect(barFractions([-1, 2])).toEqual([0, 1]);
+  });
+
+  it("drops the distance buckets past the farthest one with attribution", () => {
+    const rows = [0.5, 0, 0.5, 0, 0].map((share, k) => ({ bucket: String(k), share }));
+    expect(withoutEmptyTail(rows).map((r) => r.bucket)).toEqual(["0", "1", "2"]);
+    expect(withoutEmptyTail([{ share: 0 }])).toEqual([{ share: 0 }]);
   });
 
   it("puts every recorded phase in the table, total last", () => {

@@ -140,3 +140,10 @@ export function agreementCandidates<T extends { run_id: string; prompt_count: nu
       return sameA - sameB || b.created_at.localeCompare(a.created_at) || a.run_id.localeCompare(b.run_id);
     });
 }
+
+/** The distance profile without its empty far end (buckets beyond the longest distance in the run). */
+export function withoutEmptyTail<T extends { share: number }>(rows: T[]): T[] {
+  let end = rows.length;
+  while (end > 1 && rows[end - 1].share === 0) end--;
+  return rows.slice(0, end);
+}

@@ -18,6 +18,7 @@ import {
   type ImportanceLevel,
   type ImportanceView,
   type PerformanceView,
+  withoutEmptyTail,
 } from "../lib/views";
 
 /** The views are cheap to ask again (the server caches them); a run in flight shows new results this often. */
@@ -141,7 +142,8 @@ const SHARE_KINDS = [
 ] as const;
 
 function WhereAttentionGoes({ view }: { view: AttentionView }) {
-  const distanceBars = barFractions(view.distance.map((d) => d.share));
+  const distance = withoutEmptyTail(view.distance);
+  const distanceBars = barFractions(distance.map((d) => d.share));
   return (
     <section className="panel views-section" aria-labelledby="attention-title">
       <h2 id="attention-title">Where attention goes</h2>
@@ -176,7 +178,7 @@ function WhereAttentionGoes({ view }: { view: AttentionView }) {
       <p className="hint">Share of attribution by how many tokens back the source is (1: the token just before).</p>
       <table className="table distance-table" data-testid="distance-table">
         <tbody>
-          {view.distance.map((row, k) => (
+          {distance.map((row, k) => (
             <tr key={row.bucket} data-bucket={row.bucket}>
               <td className="num nowrap">{row.bucket}</td>
               <td className="bar-cell">
