@@ -59,12 +59,21 @@ def synthetic_result(run_id: str, index: int, n_in: int, n_out: int, rng: np.ran
     )
 
 
-def write_run(storage: Storage, run_id: str, results: list[AnalysisResult], result_format: str) -> RunStore:
+def start_run(storage: Storage, run_id: str, prompt_count: int) -> RunStore:
     store = RunStore(storage, run_id)
-    store.write_manifest(RunManifest(run_id=run_id, model="bench/model", method="saliency", prompt_count=len(results)))
-    for result in results:
-        store.write_result(result, result_format)
+    store.write_manifest(RunManifest(run_id=run_id, model="bench/model", method="saliency", prompt_count=prompt_count))
     return store
+
+
+def perturbed(result: AnalysisResult, rng: np.random.Generator) -> AnalysisResult:
+    """The same prompt in another run: the same tokens, each score scaled by noise (its ranks move a little)."""
+    matrix = np.asarray(result.data.association_matrix)
+    data = AnalysisData(
+        input_tokens=result.data.input_tokens,
+        output_tokens=result.data.output_tokens,
+        association_matrix=(matrix * rng.lognormal(0.0, 0.3, size=matrix.shape)).tolist(),
+    )
+    return AnalysisResult(metadata=result.metadata.model_copy(update={"run_id": "other"}), data=data)
 
 
 def timed_get(client: TestClient, url: str) -> float:
@@ -91,21 +100,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tokenlens-bench-views-") as tmp:
         storage = LocalStorage(Path(tmp) / "results")
         started = time.perf_counter()
-        results = [synthetic_result("big", k, args.n_in, args.n_out, rng) for k in range(args.prompts)]
-        store = write_run(storage, "big", results, args.format)
-        perturbed = []
-        for result in results[: args.agreement_prompts]:
-            matrix = np.asarray(result.data.association_matrix)
-            noisy = matrix * rng.lognormal(0.0, 0.3, size=matrix.shape)  # same tokens, scores reordered a little
-            data = AnalysisData(
-                input_tokens=result.data.input_tokens,
-                output_tokens=result.data.output_tokens,
-                association_matrix=noisy.tolist(),
-            )
-            perturbed.append(AnalysisResult(metadata=result.metadata.model_copy(update={"run_id": "other"}), data=data))
-        write_run(storage, "other", perturbed, args.format)
+        store = start_run(storage, "big", args.prompts)
+        other = start_run(storage, "other", args.agreement_prompts)
+        for k in range(args.prompts):  # written as made: memory stays small however many prompts
+            result = synthetic_result("big", k, args.n_in, args.n_out, rng)
+            store.write_result(result, args.format)
+            if k < args.agreement_prompts:
+                other.write_result(perturbed(result, rng), args.format)
         write_s = time.perf_counter() - started
-        print(f"wrote {args.prompts} + {len(perturbed)} results in {write_s:.1f} s", flush=True)
+        print(f"wrote {args.prompts} + {args.agreement_prompts} results in {write_s:.1f} s", flush=True)
 
         timings: dict[str, float] = {}
         with TestClient(create_app(storage)) as client:
