@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -142,6 +143,8 @@ def main() -> None:
         "goal_cached_s": GOAL_CACHED_S,
         "worst_cached_s": worst_cached,
         "first_over_cached": timings["importance_first_s"] / timings["importance_cached_s"],
+        #: The whole process: the writer of the synthetic runs, the app and its cache together.
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     (args.out_dir / "views_results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     rows = "\n".join(f"| {name} | {seconds:.3f} |" for name, seconds in timings.items())
@@ -163,6 +166,7 @@ Machine: {platform.platform()} (shared CPU).
 
 Slowest answer after the first computation: {worst_cached:.3f} s, which {verdict} the goal of under
 {GOAL_CACHED_S:.0f} s; the first computation takes {payload["first_over_cached"]:.0f}x as long as a cached answer.
+Peak memory of the whole benchmark process (writer, app and cache): {payload["peak_rss_mb"]:.0f} MB.
 """,
     )
 

@@ -28,9 +28,10 @@ Four views answer the questions a researcher has about a finished (or running) r
 
 Everything is computed from `PromptDigest`s: one small summary per result file, made once (result files are
 create-only) from the bytes through `tokenlens.result_codec`, so plain JSON, compact and seed files all work.
-`RunViewCache` keeps a run's digests and its aggregate keyed by the result files seen (id and size): a call
-that finds the same files answers from memory; new files are digested and added to the aggregate without
-touching the rest. Nothing here imports the UI; ui/run_views_api.py serves these views over HTTP.
+`RunViewCache` keeps a run's aggregate (and each prompt's cost) keyed by the result files seen (id and size): a
+call that finds the same files answers from memory; new files are digested and added to the aggregate without
+touching the rest (a removed file, which only happens to a corrupt one, makes the run be digested afresh).
+Nothing here imports the UI; ui/run_views_api.py serves these views over HTTP.
 """
 
 from __future__ import annotations
@@ -78,17 +79,22 @@ class InputUnit:
 
 
 @dataclass(frozen=True)
-class PromptDigest:
-    """What the run views need of one result file; everything is a small Python value (cheap to keep 10k)."""
+class PromptCost:
+    """What one result cost, and on what (the performance view); kept per prompt while the cache lives."""
 
-    prompt_id: str
     model: str
     method: str
     device: str
-    engine: str
-    n_in: int
     n_out: int
     timings_s: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class PromptDigest:
+    """What the run views need of one result file. Added to the run's sums, then dropped but for its cost."""
+
+    prompt_id: str
+    cost: PromptCost
     #: Non-template input units with their scores (module docstring), per level ("token", "word").
     units: Mapping[str, tuple[InputUnit, ...]]
     #: Per output position: (prompt share, template share, generated share); None for an all-zero row.
@@ -200,19 +206,20 @@ def digest_prompt(prompt_id: str, raw: bytes, source: str) -> PromptDigest:
 
     timings = metadata.get("timings_s")
     prompt_text = metadata.get("prompt") if isinstance(metadata.get("prompt"), str) else None
-    return PromptDigest(
-        prompt_id=prompt_id,
+    cost = PromptCost(
         model=str(metadata.get("llm_id") or "unknown"),
         method=str(metadata.get("attribution_method") or "unknown"),
         device=str(metadata.get("device") or "unknown"),
-        engine=str(metadata.get("engine") or "unknown"),
-        n_in=n_in,
         n_out=n_out,
         timings_s={
             str(k): float(v)
             for k, v in (timings.items() if isinstance(timings, dict) else ())
             if isinstance(v, int | float) and math.isfinite(v)
         },
+    )
+    return PromptDigest(
+        prompt_id=prompt_id,
+        cost=cost,
         units={level: input_units(inputs, received, level, prompt_text) for level in LEVELS},
         shares=shares,
         distance_sums=tuple(float(v) for v in distance_sums),
@@ -357,28 +364,28 @@ def attention_view(aggregate: RunAggregate) -> dict[str, Any]:
 # --- performance -------------------------------------------------------------------------------------------
 
 
-def performance_rows(digests_by_run: Mapping[str, Iterable[PromptDigest]]) -> list[dict[str, Any]]:
+def performance_rows(costs_by_run: Mapping[str, Iterable[PromptCost]]) -> list[dict[str, Any]]:
     """Seconds per prompt and per output token for each phase, per (model, method, device), with its runs.
 
     A phase's per-prompt figure is its mean over the prompts that recorded it; per output token, its sum over
     those prompts divided by their output tokens.
     """
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for run_id, digests in digests_by_run.items():
-        for digest in digests:
-            key = (digest.model, digest.method, digest.device)
+    for run_id, costs in costs_by_run.items():
+        for cost in costs:
+            key = (cost.model, cost.method, cost.device)
             group = groups.setdefault(key, {"runs": set(), "prompts": 0, "output_tokens": 0, "phases": {}})
             group["runs"].add(run_id)
             group["prompts"] += 1
-            group["output_tokens"] += digest.n_out
-            timings = dict(digest.timings_s)
+            group["output_tokens"] += cost.n_out
+            timings = dict(cost.timings_s)
             if timings and "total" not in timings:
                 timings["total"] = sum(timings.values())
             for phase, seconds in timings.items():
                 phase_sums = group["phases"].setdefault(phase, [0.0, 0, 0])
                 phase_sums[0] += seconds
                 phase_sums[1] += 1
-                phase_sums[2] += digest.n_out
+                phase_sums[2] += cost.n_out
     rows = []
     for (model, method, device), group in sorted(groups.items()):
         phases = {
@@ -408,10 +415,14 @@ def performance_rows(digests_by_run: Mapping[str, Iterable[PromptDigest]]) -> li
 
 @dataclass
 class RunState:
-    """One run's digests and aggregate, and the result files (id -> size) they were made from."""
+    """One run's sums and per-prompt costs, and the result files (id -> size) they were made from.
+
+    Memory grows with the run's vocabulary and output length, not with its matrices: a digest is added to the
+    sums and only its `PromptCost` is kept.
+    """
 
     seen: dict[str, int] = field(default_factory=dict)
-    digests: dict[str, PromptDigest] = field(default_factory=dict)
+    costs: dict[str, PromptCost] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)
     aggregate: RunAggregate = field(default_factory=RunAggregate)
 
@@ -459,16 +470,12 @@ class RunViewCache:
         state = self._runs.get(run_id) or RunState()
         if files == state.seen:
             return state
-        gone = [pid for pid, size in state.seen.items() if files.get(pid) != size]
-        if gone:  # a corrupt result removed (or replaced): rebuild the sums from the digests kept
-            for pid in gone:
-                state.digests.pop(pid, None)
-                state.unreadable.pop(pid, None)
-            state.aggregate = RunAggregate()
-            for digest in state.digests.values():
-                state.aggregate.add(digest)
+        if any(files.get(pid) != size for pid, size in state.seen.items()):
+            # A result removed or replaced (a corrupt one, before it is attributed again; never a valid one):
+            # sums can't subtract a digest no longer kept, so the run is digested afresh.
+            state = RunState()
         for pid in sorted(files):
-            if pid in state.digests or pid in state.unreadable:
+            if pid in state.costs or pid in state.unreadable:
                 continue
             key = store.key("results", pid)
             try:
@@ -479,7 +486,7 @@ class RunViewCache:
             except ResultFormatError as exc:
                 state.unreadable[pid] = str(exc)
                 continue
-            state.digests[pid] = digest
+            state.costs[pid] = digest.cost
             state.aggregate.add(digest)
         state.seen = files
         self._runs[run_id] = state
@@ -488,7 +495,7 @@ class RunViewCache:
     def _summary(self, run_id: str, state: RunState) -> dict[str, Any]:
         return {
             "run_id": run_id,
-            "prompts": len(state.digests),
+            "prompts": len(state.costs),
             "unreadable": [{"prompt_id": pid, "error": error} for pid, error in sorted(state.unreadable.items())],
         }
 
@@ -505,16 +512,16 @@ class RunViewCache:
     def performance(self, run_ids: Iterable[str] | None = None) -> dict[str, Any]:
         """Performance across `run_ids` (default: every run under the root whose run.json reads)."""
         chosen = sorted(list_run_ids(self.storage)) if run_ids is None else list(run_ids)
-        digests: dict[str, Iterable[PromptDigest]] = {}
+        costs: dict[str, Iterable[PromptCost]] = {}
         skipped = []
         for run_id in chosen:
             try:
-                digests[run_id] = self._read(run_id, lambda state: list(state.digests.values()))
+                costs[run_id] = self._read(run_id, lambda state: list(state.costs.values()))
             except (TokenLensError, ValueError) as exc:
                 if run_ids is not None:
                     raise
                 skipped.append({"run_id": run_id, "error": str(exc)})
-        return {"groups": performance_rows(digests), "skipped_runs": skipped}
+        return {"groups": performance_rows(costs), "skipped_runs": skipped}
 
     def agreement(self, run_id: str, other_run_id: str) -> dict[str, Any]:
         if run_id == other_run_id:

@@ -1,7 +1,7 @@
 """The run-level views over HTTP: token importance, where attention goes, agreement of two runs, performance.
 
 The numbers come from `tokenlens.run_views.RunViewCache` (one per app, made on first use), which reads only the
-results prefix through the app's storage and keeps each run's digests in memory, so a second visit answers from
+results prefix through the app's storage and keeps each run's sums in memory, so a second visit answers from
 memory and a visit after new results arrive digests only the new files. Run ids are checked with
 `tokenlens.batch.check_safe_id`; every query parameter is read from an allow-list or a bounded integer. Registered
 by `ui.http_api.create_app` (before its catch-all), so the same read-only guard, host check and error handlers
