@@ -1,4 +1,5 @@
-"""The run views over HTTP (ui/run_views_api.py): the numbers the core computes, and hostile requests refused."""
+"""The run views over HTTP (ui/run_views_api.py): the numbers the core computes, on a local directory and on S3
+(a real SeaweedFS server), and hostile requests refused."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from storage_backends import LocalStorage, Storage
+from storage_backends import LocalStorage, Storage, open_storage
 from tests.ui.sample_runs import SamplePrompt, make_result, write_run
 from tokenlens.results import RunStore
 from tokenlens.run_views import RunViewCache
@@ -24,7 +25,11 @@ PROMPTS = [
 
 @pytest.fixture
 def storage(tmp_path: Path) -> Storage:
-    storage = LocalStorage(tmp_path / "results")
+    return populate(LocalStorage(tmp_path / "results"))
+
+
+def populate(storage: Storage) -> Storage:
+    """A finished run with a failure, and a second method on three of its prompts."""
     write_run(storage, "run-sal", PROMPTS, failed={"p4"})
     write_run(storage, "run-ixg", PROMPTS[:3], method="input_x_gradient")
     return storage
@@ -54,6 +59,17 @@ def test_the_views_answer_what_the_core_computes(client: TestClient, storage: St
         ("saliency", ("run-sal",)),
         ("input_x_gradient", ("run-ixg",)),
     }
+
+
+@pytest.mark.integration
+def test_the_views_read_runs_on_s3(s3_results_url: str) -> None:
+    storage = populate(open_storage(s3_results_url))
+    with TestClient(create_app(storage)) as client:
+        importance = client.get("/api/views/run-sal/importance?level=word").json()
+        assert importance == RunViewCache(storage).importance("run-sal", level="word")
+        assert importance["prompts"] == 3 and importance["unreadable"] == []
+        agreement = client.get("/api/views/run-sal/agreement?with=run-ixg").json()
+        assert agreement["compared"] == 3
 
 
 def test_new_results_show_up_on_the_next_call(client: TestClient, storage: Storage) -> None:
