@@ -36,9 +36,11 @@ Nothing here imports the UI; ui/run_views_api.py serves these views over HTTP.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -60,6 +62,9 @@ TOP_PROMPTS_PER_TOKEN = 5
 #: Distance buckets of the distance profile: [1], [2], [3, 4], [5, 8], ... doubling, the last open-ended.
 DISTANCE_BUCKET_EDGES = (1, 2, 3, 5, 9, 17, 33, 65, 129, 257, 513)
 LEVELS = ("token", "word")
+#: How long the performance view reuses its list of runs: listing the runs walks every result file, and a
+#: new run appears far less often than the page asks (each run's own results are listed on every call).
+RUN_LIST_TTL_S = 10.0
 T = TypeVar("T")
 
 
@@ -364,46 +369,70 @@ def attention_view(aggregate: RunAggregate) -> dict[str, Any]:
 # --- performance -------------------------------------------------------------------------------------------
 
 
-def performance_rows(costs_by_run: Mapping[str, Iterable[PromptCost]]) -> list[dict[str, Any]]:
+#: (model, method, device): what the performance view groups by.
+CostKey = tuple[str, str, str]
+
+
+@dataclass
+class CostSums:
+    """One (model, method, device)'s prompts and, per phase, [seconds, prompts that timed it, their outputs]."""
+
+    prompts: int = 0
+    output_tokens: int = 0
+    phases: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, cost: PromptCost) -> None:
+        self.prompts += 1
+        self.output_tokens += cost.n_out
+        timings = dict(cost.timings_s)
+        if timings and "total" not in timings:
+            timings["total"] = sum(timings.values())
+        for phase, seconds in timings.items():
+            sums = self.phases.setdefault(phase, [0.0, 0.0, 0.0])
+            sums[0] += seconds
+            sums[1] += 1
+            sums[2] += cost.n_out
+
+    def merge(self, other: CostSums) -> None:
+        self.prompts += other.prompts
+        self.output_tokens += other.output_tokens
+        for phase, (seconds, prompts, tokens) in other.phases.items():
+            sums = self.phases.setdefault(phase, [0.0, 0.0, 0.0])
+            sums[0] += seconds
+            sums[1] += prompts
+            sums[2] += tokens
+
+
+def performance_rows(sums_by_run: Mapping[str, Mapping[CostKey, CostSums]]) -> list[dict[str, Any]]:
     """Seconds per prompt and per output token for each phase, per (model, method, device), with its runs.
 
     A phase's per-prompt figure is its mean over the prompts that recorded it; per output token, its sum over
     those prompts divided by their output tokens.
     """
-    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for run_id, costs in costs_by_run.items():
-        for cost in costs:
-            key = (cost.model, cost.method, cost.device)
-            group = groups.setdefault(key, {"runs": set(), "prompts": 0, "output_tokens": 0, "phases": {}})
-            group["runs"].add(run_id)
-            group["prompts"] += 1
-            group["output_tokens"] += cost.n_out
-            timings = dict(cost.timings_s)
-            if timings and "total" not in timings:
-                timings["total"] = sum(timings.values())
-            for phase, seconds in timings.items():
-                phase_sums = group["phases"].setdefault(phase, [0.0, 0, 0])
-                phase_sums[0] += seconds
-                phase_sums[1] += 1
-                phase_sums[2] += cost.n_out
+    groups: dict[CostKey, CostSums] = {}
+    runs: dict[CostKey, set[str]] = {}
+    for run_id, run_sums in sums_by_run.items():
+        for key, sums in run_sums.items():
+            groups.setdefault(key, CostSums()).merge(sums)
+            runs.setdefault(key, set()).add(run_id)
     rows = []
     for (model, method, device), group in sorted(groups.items()):
         phases = {
             phase: {
                 "per_prompt_s": seconds / prompts,
                 "per_output_token_s": seconds / tokens if tokens else None,
-                "prompts": prompts,
+                "prompts": int(prompts),
             }
-            for phase, (seconds, prompts, tokens) in sorted(group["phases"].items())
+            for phase, (seconds, prompts, tokens) in sorted(group.phases.items())
         }
         rows.append(
             {
                 "model": model,
                 "method": method,
                 "device": device,
-                "runs": sorted(group["runs"]),
-                "prompts": group["prompts"],
-                "output_tokens": group["output_tokens"],
+                "runs": sorted(runs[(model, method, device)]),
+                "prompts": group.prompts,
+                "output_tokens": group.output_tokens,
                 "phases": phases,
             }
         )
@@ -415,14 +444,15 @@ def performance_rows(costs_by_run: Mapping[str, Iterable[PromptCost]]) -> list[d
 
 @dataclass
 class RunState:
-    """One run's sums and per-prompt costs, and the result files (id -> size) they were made from.
+    """One run's sums, and the result files (id -> size) they were made from.
 
-    Memory grows with the run's vocabulary and output length, not with its matrices: a digest is added to the
-    sums and only its `PromptCost` is kept.
+    Memory grows with the run's vocabulary and output length, not with its prompts' matrices: a digest is added
+    to the sums and dropped.
     """
 
     seen: dict[str, int] = field(default_factory=dict)
-    costs: dict[str, PromptCost] = field(default_factory=dict)
+    digested: set[str] = field(default_factory=set)
+    costs: dict[CostKey, CostSums] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)
     aggregate: RunAggregate = field(default_factory=RunAggregate)
 
@@ -445,6 +475,18 @@ class RunViewCache:
         self._agreements: dict[tuple[str, str], AgreementState] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._run_list: tuple[float, list[str]] | None = None
+
+    def _run_ids(self) -> list[str]:
+        """Every run under the root, listed again at most every `RUN_LIST_TTL_S` (the listing walks every file)."""
+        now = time.monotonic()
+        with self._guard:
+            if self._run_list is not None and now - self._run_list[0] < RUN_LIST_TTL_S:
+                return self._run_list[1]
+        run_ids = sorted(list_run_ids(self.storage))
+        with self._guard:
+            self._run_list = (now, run_ids)
+        return run_ids
 
     def _lock(self, key: str) -> threading.Lock:
         with self._guard:
@@ -475,7 +517,7 @@ class RunViewCache:
             # sums can't subtract a digest no longer kept, so the run is digested afresh.
             state = RunState()
         for pid in sorted(files):
-            if pid in state.costs or pid in state.unreadable:
+            if pid in state.digested or pid in state.unreadable:
                 continue
             key = store.key("results", pid)
             try:
@@ -486,7 +528,9 @@ class RunViewCache:
             except ResultFormatError as exc:
                 state.unreadable[pid] = str(exc)
                 continue
-            state.costs[pid] = digest.cost
+            state.digested.add(pid)
+            cost = digest.cost
+            state.costs.setdefault((cost.model, cost.method, cost.device), CostSums()).add(cost)
             state.aggregate.add(digest)
         state.seen = files
         self._runs[run_id] = state
@@ -495,7 +539,7 @@ class RunViewCache:
     def _summary(self, run_id: str, state: RunState) -> dict[str, Any]:
         return {
             "run_id": run_id,
-            "prompts": len(state.costs),
+            "prompts": len(state.digested),
             "unreadable": [{"prompt_id": pid, "error": error} for pid, error in sorted(state.unreadable.items())],
         }
 
@@ -511,12 +555,12 @@ class RunViewCache:
 
     def performance(self, run_ids: Iterable[str] | None = None) -> dict[str, Any]:
         """Performance across `run_ids` (default: every run under the root whose run.json reads)."""
-        chosen = sorted(list_run_ids(self.storage)) if run_ids is None else list(run_ids)
-        costs: dict[str, Iterable[PromptCost]] = {}
+        chosen = self._run_ids() if run_ids is None else list(run_ids)
+        costs: dict[str, dict[CostKey, CostSums]] = {}
         skipped = []
         for run_id in chosen:
             try:
-                costs[run_id] = self._read(run_id, lambda state: list(state.costs.values()))
+                costs[run_id] = self._read(run_id, lambda state: copy.deepcopy(state.costs))
             except (TokenLensError, ValueError) as exc:
                 if run_ids is not None:
                     raise
