@@ -368,7 +368,6 @@ def attention_view(aggregate: RunAggregate) -> dict[str, Any]:
 
 # --- performance -------------------------------------------------------------------------------------------
 
-
 #: (model, method, device): what the performance view groups by.
 CostKey = tuple[str, str, str]
 
@@ -388,19 +387,19 @@ class CostSums:
         if timings and "total" not in timings:
             timings["total"] = sum(timings.values())
         for phase, seconds in timings.items():
-            sums = self.phases.setdefault(phase, [0.0, 0.0, 0.0])
-            sums[0] += seconds
-            sums[1] += 1
-            sums[2] += cost.n_out
+            self._add_phase(phase, seconds, 1, cost.n_out)
 
     def merge(self, other: CostSums) -> None:
         self.prompts += other.prompts
         self.output_tokens += other.output_tokens
         for phase, (seconds, prompts, tokens) in other.phases.items():
-            sums = self.phases.setdefault(phase, [0.0, 0.0, 0.0])
-            sums[0] += seconds
-            sums[1] += prompts
-            sums[2] += tokens
+            self._add_phase(phase, seconds, prompts, tokens)
+
+    def _add_phase(self, phase: str, seconds: float, prompts: float, output_tokens: float) -> None:
+        sums = self.phases.setdefault(phase, [0.0, 0.0, 0.0])
+        sums[0] += seconds
+        sums[1] += prompts
+        sums[2] += output_tokens
 
 
 def performance_rows(sums_by_run: Mapping[str, Mapping[CostKey, CostSums]]) -> list[dict[str, Any]]:
@@ -498,7 +497,7 @@ class RunViewCache:
         return store, store.sizes("results")
 
     def run_state(self, run_id: str) -> RunState:
-        """The run's state, brought up to date. Only for reading where no other thread uses this cache."""
+        """The run's state, up to date (for tests: no lock is held while the caller reads it)."""
         return self._read(run_id, lambda state: state)
 
     def _read(self, run_id: str, read: Callable[[RunState], T]) -> T:
