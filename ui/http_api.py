@@ -16,6 +16,7 @@ stored files, nothing else about the server.
     GET /api/runs/{run_id}/{kind}/{prompt_id}        a stored file (kind: results, inseq, errors); a result in any
                                                      format or revision (compact, seed files) as plain TokenLens JSON
     GET /api/compare?run_id=R&prompt_id=P            the same prompt in other runs (by prompt id, else by text)
+    GET /api/views/...                               run-level views (ui/run_views_api.py)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from tokenlens.errors import RunNotFoundError, RunUnreadableError, TokenLensErro
 from tokenlens.result_codec import ResultFormatError, as_plain_json
 from tokenlens.results import KINDS
 from tokenlens.run_reader import CorruptResultError, PromptNotInRunError, RunReader
+from ui.run_views_api import run_views_routes
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +305,7 @@ def create_app(storage: Storage, dist_dir: Path | None = None, allowed_hosts: It
         Route("/api/runs/{run_id}", run_detail, methods=list(READ_METHODS)),
         Route("/api/runs/{run_id}/{kind}/{prompt_id}", stored_file, methods=list(READ_METHODS)),
         Route("/api/compare", compare, methods=list(READ_METHODS)),
+        *run_views_routes(),
         Route("/api/{rest:path}", api_not_found, methods=list(READ_METHODS)),
         Route("/{path:path}", WebApp(dist_dir).serve, methods=list(READ_METHODS)),
     ]

@@ -2,7 +2,9 @@
 import { useEffect, useState } from "react";
 import { getJson } from "./lib/api";
 import { Link, matchRoute, paths, useLocation } from "./lib/router";
+import { AgreementPage } from "./pages/AgreementPage";
 import { ComparePage } from "./pages/ComparePage";
+import { InsightsPage } from "./pages/InsightsPage";
 import { ResultPage } from "./pages/ResultPage";
 import { RunPage } from "./pages/RunPage";
 import { RunsPage } from "./pages/RunsPage";
@@ -29,6 +31,8 @@ export function App() {
       run: "runId" in route ? route.runId : "",
       result: "promptId" in route ? `${route.promptId} · ${route.runId}` : "",
       compare: "promptId" in route ? `Compare ${route.promptId}` : "",
+      insights: "runId" in route ? `Insights · ${route.runId}` : "",
+      agreement: "runId" in route ? `Agreement · ${route.runId}` : "",
       "not-found": "Not found",
     };
     document.title = `${titles[route.page]} — TokenLens`;
@@ -47,6 +51,12 @@ export function App() {
       break;
     case "compare":
       page = <ComparePage key={`${route.runId}/${route.promptId}`} runId={route.runId} promptId={route.promptId} />;
+      break;
+    case "insights":
+      page = <InsightsPage key={route.runId} runId={route.runId} />;
+      break;
+    case "agreement":
+      page = <AgreementPage key={route.runId} runId={route.runId} />;
       break;
     default:
       page = (

@@ -34,9 +34,12 @@ export type Route =
   | { page: "run"; runId: string }
   | { page: "result"; runId: string; promptId: string }
   | { page: "compare"; runId: string; promptId: string }
+  | { page: "insights"; runId: string }
+  | { page: "agreement"; runId: string }
   | { page: "not-found"; path: string };
 
-/** Which page a path names: /, /runs/<run>, /runs/<run>/<prompt>, /compare/<run>/<prompt>. */
+/** Which page a path names: /, /runs/<run>, /runs/<run>/<prompt>, /compare/<run>/<prompt>, /insights/<run>,
+ * /agreement/<run>. */
 export function matchRoute(pathname: string): Route {
   let parts: string[];
   try {
@@ -48,6 +51,8 @@ export function matchRoute(pathname: string): Route {
   if (parts[0] === "runs" && parts.length === 2) return { page: "run", runId: parts[1] };
   if (parts[0] === "runs" && parts.length === 3) return { page: "result", runId: parts[1], promptId: parts[2] };
   if (parts[0] === "compare" && parts.length === 3) return { page: "compare", runId: parts[1], promptId: parts[2] };
+  if (parts[0] === "insights" && parts.length === 2) return { page: "insights", runId: parts[1] };
+  if (parts[0] === "agreement" && parts.length === 2) return { page: "agreement", runId: parts[1] };
   return { page: "not-found", path: pathname };
 }
 
@@ -58,6 +63,9 @@ export const paths = {
   run: (runId: string) => `/runs/${enc(runId)}`,
   result: (runId: string, promptId: string) => `/runs/${enc(runId)}/${enc(promptId)}`,
   compare: (runId: string, promptId: string) => `/compare/${enc(runId)}/${enc(promptId)}`,
+  insights: (runId: string) => `/insights/${enc(runId)}`,
+  agreement: (runId: string, otherRunId = "") =>
+    `/agreement/${enc(runId)}${otherRunId ? `?with=${enc(otherRunId)}` : ""}`,
 };
 
 /** An <a> that navigates in-app on a plain left click and behaves as a normal link otherwise. */

@@ -77,6 +77,7 @@ export function RunPage({ runId }: { runId: string }) {
                 </span>
               ))}
               <span className="meta muted">created {formatTime(data.run.created_at)}</span>
+              <Link to={paths.insights(runId)} className="meta">Insights: the whole run</Link>
             </div>
             <ProgressBar run={data.run} />
           </header>
