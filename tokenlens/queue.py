@@ -3,7 +3,7 @@
 Everything a run keeps in Redis is named here, once (like rq's key templates):
 
     tokenlens.<model-slug>              the model's queue (a kombu/Celery list; one per model)
-    tokenlens:run:<run_id>              hash: the run as submitted (model, queue, counts, times)
+    tokenlens:run:<run_id>              hash: the run as submitted (model, queue, counts, times, session)
     tokenlens:run:<run_id>:queued       hash: batch id -> prompts, for batches waiting in the queue
     tokenlens:run:<run_id>:in_flight    hash: batch id -> prompts, for batches a worker has taken
     tokenlens:run:<run_id>:attempts     hash: prompt id -> tries started (survives worker crashes)
@@ -13,6 +13,16 @@ Everything a run keeps in Redis is named here, once (like rq's key templates):
 
 A batch is in exactly one of `queued` / `in_flight` at a time, keyed by its id, so
 a batch redelivered after a crash moves again without double counting.
+
+Nothing here ever scans a queue, so no call blocks Redis for longer than a few
+commands on one run's keys, however long the queue. Each submit of a run (a resume
+included) starts a new *session* (`session` in the run's hash, one HINCRBY); its
+batch ids carry it (``s<session>-<hex>``). Cancel sets the run's `cancelled` key,
+resume bumps the session, and a worker drops a batch as it pops it when the run is
+cancelled or the batch belongs to an earlier session (`RunQueue.take`). So an old
+session's batches cost a worker a few milliseconds each when they reach it, instead
+of a sweep of the whole queue in one atomic call. A batch id without a session (a
+message pushed by other tools) is never dropped as stale.
 Storage (results/ and errors/) stays the truth about finished prompts; these
 keys only say what is waiting and running, and can be lost (a flushed Redis)
 without losing a result.
@@ -109,8 +119,19 @@ def connect_broker(url: str, *, check: bool = True, timeout_s: float = 5.0, pati
     return client
 
 
-def new_batch_id() -> str:
-    return uuid.uuid4().hex[:16]
+def new_batch_id(session: int | None = None) -> str:
+    """A fresh batch id, carrying the run's submit session when known (see the module docstring)."""
+    token = uuid.uuid4().hex[:16]
+    return f"s{session}-{token}" if session is not None else token
+
+
+def session_of(batch_id: str) -> int | None:
+    """The submit session a batch id names (None: an id without one)."""
+    match = _SESSION_ID.match(batch_id)
+    return int(match.group(1)) if match else None
+
+
+_SESSION_ID = re.compile(r"^s(\d{1,12})-[0-9a-f]+$")
 
 
 def build_message(task: BatchTask, batch_id: str, queue: str, signing_key: str | None = None) -> str:
@@ -171,28 +192,28 @@ def build_message(task: BatchTask, batch_id: str, queue: str, signing_key: str |
     return json.dumps(envelope)
 
 
-# Removes one run's messages from a queue list in one atomic step (workers BRPOP the
-# same list concurrently). LREM per message would be quadratic on a long queue.
-_REMOVE_RUN_SCRIPT = """
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-local keep = {}
-local removed = 0
-for _, raw in ipairs(items) do
-  local ok, message = pcall(cjson.decode, raw)
-  if ok and type(message) == 'table' and type(message['headers']) == 'table'
-      and message['headers'][ARGV[2]] == ARGV[1] then
-    removed = removed + 1
-  else
-    keep[#keep + 1] = raw
+# Moves a batch from queued to in flight, unless its run was cancelled or resubmitted since it was queued.
+# O(1): a few commands on the run's own keys. KEYS: info, queued, in_flight, cancelled; ARGV: batch id,
+# prompts, the batch's session ('' if none), now. Returns 'taken', 'cancelled' or 'stale'.
+_TAKE_SCRIPT = """
+local drop = nil
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  drop = 'cancelled'
+else
+  local current = tonumber(redis.call('HGET', KEYS[1], 'session') or '')
+  if ARGV[3] ~= '' and current ~= nil and tonumber(ARGV[3]) < current then
+    drop = 'stale'
   end
 end
-if removed > 0 then
-  redis.call('DEL', KEYS[1])
-  for i = 1, #keep, 1000 do
-    redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
-  end
+if drop then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  return drop
 end
-return removed
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[4])
+return 'taken'
 """
 
 
@@ -264,23 +285,42 @@ class RunQueue:
         self.signing_key = signing_key
 
     # submit ------------------------------------------------------------------
-    def register(self, fields: dict[str, Any]) -> None:
-        """Record the run as submitted (overwrites the fields given) and clear an earlier cancel."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys.info, mapping={k: str(v) for k, v in fields.items()})
-        pipe.delete(self.keys.cancelled)
-        pipe.expire(self.keys.info, RUN_KEYS_TTL_S)
-        pipe.execute()
+    def register(self, fields: dict[str, Any]) -> int:
+        """Start a new session of the run: record it as submitted, forget what an earlier session queued,
+        clear an earlier cancel. Returns the new session number (batch ids carry it).
 
-    def enqueue(self, tasks: Sequence[BatchTask], queue: str, batch_ids: Sequence[str] | None = None) -> list[str]:
-        """Push batches to the tail of `queue` and mark them queued, pipelined in chunks; returns the batch ids."""
-        ids = list(batch_ids) if batch_ids is not None else [new_batch_id() for _ in tasks]
+        O(1) in the queue's length: the earlier session's batches stay in the queue and are dropped by
+        the worker that pops them (`take`). `started_at` is cleared, so the first batch a worker takes
+        in this session sets it: throughput and ETA measure this session only.
+        """
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hincrby(self.keys.info, "session", 1)
+        pipe.hset(self.keys.info, mapping={k: str(v) for k, v in fields.items()})
+        pipe.hdel(self.keys.info, "started_at")
+        pipe.unlink(self.keys.queued, self.keys.cancelled)
+        pipe.expire(self.keys.info, RUN_KEYS_TTL_S)
+        return int(pipe.execute()[0])
+
+    def enqueue(
+        self,
+        tasks: Sequence[BatchTask],
+        queue: str,
+        batch_ids: Sequence[str] | None = None,
+        *,
+        session: int | None = None,
+    ) -> list[str]:
+        """Push batches to the tail of `queue` and mark them queued, pipelined in chunks; returns the batch ids.
+
+        New ids carry `session` (the one `register` returned, or the session of the batch handed back).
+        """
+        ids = list(batch_ids) if batch_ids is not None else [new_batch_id(session) for _ in tasks]
         pipe = self.client.pipeline(transaction=False)
         pending = 0
         for task, batch_id in zip(tasks, ids, strict=True):
-            # kombu's Redis transport pops with BRPOP, so LPUSH is the back of the line.
-            pipe.lpush(queue, build_message(task, batch_id, queue, self.signing_key))
+            # Marked queued before it is pushed: a worker popping it at once finds it. kombu's Redis
+            # transport pops with BRPOP, so LPUSH is the back of the line.
             pipe.hset(self.keys.queued, batch_id, len(task.prompts))
+            pipe.lpush(queue, build_message(task, batch_id, queue, self.signing_key))
             pending += 2
             if pending >= PIPELINE_CHUNK:
                 pipe.execute()
@@ -289,14 +329,14 @@ class RunQueue:
         pipe.execute()
         return ids
 
-    def remove_queued(self, queue: str) -> int:
-        """Delete the run's batches still waiting in `queue`; returns how many were removed."""
-        removed = int(self.client.eval(_REMOVE_RUN_SCRIPT, 1, queue, self.run_id, RUN_HEADER))
-        self.client.delete(self.keys.queued)
-        return removed
-
-    def cancel(self) -> None:
-        self.client.set(self.keys.cancelled, str(time.time()), ex=RUN_KEYS_TTL_S)
+    def cancel(self) -> int:
+        """Mark the run cancelled: workers drop its batches as they pop them. Returns how many batches were
+        waiting (they are no longer counted as queued). O(1) in the queue's length: nothing is scanned."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.keys.cancelled, str(time.time()), ex=RUN_KEYS_TTL_S)
+        pipe.hlen(self.keys.queued)
+        pipe.unlink(self.keys.queued)
+        return int(pipe.execute()[1])
 
     def reset_attempts(self, prompt_ids: Sequence[str]) -> None:
         if prompt_ids:
@@ -306,13 +346,14 @@ class RunQueue:
     def is_cancelled(self) -> bool:
         return bool(self.client.exists(self.keys.cancelled))
 
-    def mark_taken(self, batch_id: str, prompts: int) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(self.keys.queued, batch_id)
-        pipe.hset(self.keys.in_flight, batch_id, prompts)
-        pipe.hsetnx(self.keys.info, "started_at", str(time.time()))
-        pipe.expire(self.keys.in_flight, RUN_KEYS_TTL_S)
-        pipe.execute()
+    def take(self, batch_id: str, prompts: int) -> str:
+        """Move a popped batch to in flight: "taken"; or "cancelled" / "stale" (resubmitted since): drop it."""
+        session = session_of(batch_id)
+        keys = (self.keys.info, self.keys.queued, self.keys.in_flight, self.keys.cancelled)
+        args = (batch_id, prompts, "" if session is None else session, str(time.time()))
+        outcome = self.client.eval(_TAKE_SCRIPT, len(keys), *keys, *args)
+        self.client.expire(self.keys.in_flight, RUN_KEYS_TTL_S)
+        return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
     def mark_requeued(self, batch_id: str, prompts: int) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -364,7 +405,7 @@ class RunQueue:
         pipe.hvals(self.keys.in_flight)
         pipe.exists(self.keys.cancelled)
         info_raw, queued, in_flight, cancelled = pipe.execute()
-        if not info_raw and not queued and not in_flight:
+        if not info_raw and not queued and not in_flight and not cancelled:
             return None
         info = {k.decode(): v.decode() for k, v in info_raw.items()}
         return QueueProgress(

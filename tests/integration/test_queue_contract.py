@@ -14,7 +14,16 @@ from celery import Celery
 
 from tests.integration.workers import REPO_ROOT
 from tokenlens.batch import BatchTask, PromptRecord
-from tokenlens.queue import RUN_HEADER, TASK_NAME, RunKeys, RunQueue, build_message, queue_name
+from tokenlens.queue import (
+    RUN_HEADER,
+    TASK_NAME,
+    RunKeys,
+    RunQueue,
+    build_message,
+    new_batch_id,
+    queue_name,
+    session_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,22 +56,41 @@ def test_submit_builds_the_message_celery_would_send(broker_url: str) -> None:
     assert json.loads(base64.b64decode(ours["body"])) == json.loads(base64.b64decode(theirs["body"]))
 
 
-def test_cancel_removes_only_its_runs_batches_in_order(broker_url: str) -> None:
+def test_cancel_marks_the_run_and_workers_drop_only_its_batches(broker_url: str) -> None:
     client = redis.Redis.from_url(broker_url)
     queue = queue_name("org/model")
     mine, other = RunQueue(client, "mine"), RunQueue(client, "other")
     mine.enqueue([_batch("mine", "a")], queue, ["m1"])
     other.enqueue([_batch("other", "b")], queue, ["o1"])
     mine.enqueue([_batch("mine", "c")], queue, ["m2"])
-    other.enqueue([_batch("other", "d")], queue, ["o2"])
     assert client.hlen(RunKeys("mine").queued) == 2
 
-    assert mine.remove_queued(queue) == 2
-    left = [json.loads(raw)["headers"] for raw in client.lrange(queue, 0, -1)]
-    assert [h["id"] for h in left] == ["other:o2", "other:o1"]
-    assert client.hlen(RunKeys("mine").queued) == 0
-    assert client.hlen(RunKeys("other").queued) == 2
-    assert mine.remove_queued(queue) == 0
+    assert mine.cancel() == 2  # the two waiting batches are no longer counted queued
+    assert client.llen(queue) == 3, "cancel scans nothing: the messages stay until a worker pops them"
+    assert client.hlen(RunKeys("mine").queued) == 0 and client.hlen(RunKeys("other").queued) == 1
+    assert mine.take("m1", 1) == "cancelled" and mine.take("m2", 1) == "cancelled"
+    assert other.take("o1", 1) == "taken"
+    progress = mine.progress()
+    assert progress is not None and progress.cancelled and progress.in_flight_batches == 0
+
+
+def test_a_resubmit_starts_a_session_and_earlier_batches_are_dropped(broker_url: str) -> None:
+    client = redis.Redis.from_url(broker_url)
+    queue = queue_name("org/model")
+    run = RunQueue(client, "resumed")
+    first = run.register({"model": "org/model", "queue": queue})
+    old_ids = run.enqueue([_batch("resumed", "a"), _batch("resumed", "b")], queue, session=first)
+    assert all(session_of(batch_id) == first for batch_id in old_ids)
+    run.cancel()
+    second = run.register({"model": "org/model", "queue": queue})  # resume: a new session, the cancel cleared
+    assert second == first + 1
+    new_ids = run.enqueue([_batch("resumed", "a")], queue, session=second)
+    assert [run.take(batch_id, 1) for batch_id in old_ids] == ["stale", "stale"]
+    assert run.take(new_ids[0], 1) == "taken"
+    # A batch id with no session (pushed by other tools) is never dropped as stale.
+    assert run.take(new_batch_id(), 1) == "taken"
+    progress = run.progress()
+    assert progress is not None and not progress.cancelled and progress.in_flight_batches == 2
 
 
 def test_attempts_are_counted_per_prompt_and_refunded(broker_url: str) -> None:
@@ -81,8 +109,8 @@ def test_batches_move_from_queued_to_in_flight_once(broker_url: str) -> None:
     run = RunQueue(client, "moving")
     run.register({"model": "org/model", "queue": queue_name("org/model"), "prompt_count": 5})
     run.enqueue([_batch("moving", "a", "b", "c"), _batch("moving", "d", "e")], queue_name("org/model"), ["b1", "b2"])
-    run.mark_taken("b1", 3)
-    run.mark_taken("b1", 3)  # redelivered after a crash: still one batch in flight
+    assert run.take("b1", 3) == "taken"
+    assert run.take("b1", 3) == "taken"  # redelivered after a crash: still one batch in flight
     progress = run.progress()
     assert progress is not None
     assert (progress.queued_prompts, progress.queued_batches) == (2, 1)
