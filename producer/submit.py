@@ -9,6 +9,7 @@ With TOKENLENS_QUEUE_KEY set, every batch is signed (tokenlens.signing).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ from tokenlens.broker_url import redact_url
 from tokenlens.dead_letters import RunDeadLetters, read_run_dead_letters
 from tokenlens.errors import TokenLensError
 from tokenlens.plan import plan_run
-from tokenlens.progress import RunCounts, read_progress, run_counts
+from tokenlens.progress import RunCounts, mark_cancelled, read_progress, run_counts
 from tokenlens.queue import BrokerError, QueueProgress, RunQueue, connect_broker, queue_name
 from tokenlens.results import RunStore
 from tokenlens.schema import RunManifest
 from tokenlens.spec import RunSpec, build_batches
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ def submit_run(
     run_queue = RunQueue(client, spec.run_id, signing_key=signing_key)
     try:
         if plan.resumed:
-            # Give failed prompts fresh attempts and forget their old error records.
+            # Give failed prompts fresh attempts and forget their old error records; no longer cancelled.
+            mark_cancelled(store, False)
             _clear_errors(store, [r.id for r in pending])
             run_queue.reset_attempts([r.id for r in pending])
         # A new session: what an earlier submit still has queued is dropped by the worker that pops it
@@ -204,6 +208,7 @@ def cancel_run(run_id: str, *, broker_url: str, results_url: str | None = None) 
     run_queue = RunQueue(client, run_id)
     progress = run_queue.progress()
     queue = progress.info.get("queue") if progress is not None else None
+    results_url = results_url or (progress.info.get("results_url") if progress is not None else None)
     if queue is None:
         if results_url is None:
             raise TokenLensError(
@@ -216,6 +221,12 @@ def cancel_run(run_id: str, *, broker_url: str, results_url: str | None = None) 
             raise TokenLensError(f"can't read run {run_id!r} under {results_url}: {exc}") from None
         queue = queue_name(manifest.model)
     removed = run_queue.cancel()
+    if results_url is not None:
+        # The UI reads storage, not Redis: the record tells it to stop waiting for the run.
+        try:
+            mark_cancelled(RunStore(open_storage(results_url), run_id), True)
+        except StorageError as exc:
+            log.warning("run %s is cancelled, but its results storage could not record it (%s)", run_id, exc)
     return CancelReport(
         run_id=run_id,
         queue=queue,

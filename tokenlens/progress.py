@@ -42,7 +42,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -63,6 +63,8 @@ ResultState = Literal["done", "corrupt", "missing"]
 QUIET_S = 60.0
 #: The counts last rebuilt from storage, in the run's progress folder.
 BASE_NAME = "base.json"
+#: Present while the run is cancelled (written by `tokenlens cancel`, removed by a resume).
+CANCELLED_NAME = "cancelled.json"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class RunCounts:
     done: int
     failed: int
     corrupt: int = 0
+    #: `tokenlens cancel` stopped the run (until a resume): readers stop waiting for it.
+    cancelled: bool = False
 
     @property
     def pending(self) -> int:
@@ -93,6 +97,7 @@ class RunProgress:
     done_ids: frozenset[str]
     failed_ids: frozenset[str]
     corrupt_ids: frozenset[str] = frozenset()
+    cancelled: bool = False
 
     @property
     def counts(self) -> RunCounts:
@@ -103,6 +108,7 @@ class RunProgress:
             done=len(self.done_ids),
             failed=len(self.failed_ids),
             corrupt=len(self.corrupt_ids),
+            cancelled=self.cancelled,
         )
 
     def status_of(self, prompt_id: str) -> str:
@@ -176,8 +182,9 @@ def read_progress(store: RunStore, manifest: RunManifest | None = None, *, verif
     # What was just listed is the truth: it becomes the run's record, with the tallies it already includes
     # (read after the listing, so a result written in between is missed, never counted twice; the
     # quiet-run rule catches it up).
-    _store_base(store, progress, _read_record(store)[1])
-    return progress
+    _base, tallies, cancelled = _read_record(store)
+    _store_base(store, progress, tallies)
+    return replace(progress, cancelled=cancelled)
 
 
 def _verified_state(store: RunStore, prompt_id: str) -> ResultState:
@@ -204,8 +211,9 @@ def _store_base(store: RunStore, progress: RunProgress, tallies: dict[str, dict[
         log.debug("run %s: progress record not stored (%s)", store.run_id, exc)
 
 
-def _read_record(store: RunStore) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
-    """The run's stored base counts (None if absent or unreadable) and every writer's tally, by name."""
+def _read_record(store: RunStore) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]], bool]:
+    """The run's stored base counts (None if absent or unreadable), every writer's tally by name, and
+    whether the run is cancelled."""
     prefix = progress_prefix(store.run_id)
     names = [info.key[len(prefix) :] for info in store.storage.list(prefix)]
     tally_names = [n for n in names if n.startswith(TALLY_PREFIX) and n.endswith(".json")]
@@ -231,7 +239,7 @@ def _read_record(store: RunStore) -> tuple[dict[str, Any] | None, dict[str, dict
     base = values.get(BASE_NAME)
     if base is not None and not all(isinstance(base.get(f), int) for f in ("done", "failed", "corrupt", "known")):
         base = None
-    return base, tallies
+    return base, tallies, CANCELLED_NAME in names
 
 
 def _counts_from_record(
@@ -265,11 +273,20 @@ def _went_quiet(base: dict[str, Any], tallies: dict[str, dict[str, Any]], now: f
 def run_counts(store: RunStore, manifest: RunManifest | None = None) -> RunCounts:
     """The run's counts from its progress record: O(writers), not O(prompts); rebuilt by a listing when needed."""
     manifest = manifest if manifest is not None else store.read_manifest()
-    base, tallies = _read_record(store)
+    base, tallies, cancelled = _read_record(store)
     counts = _counts_from_record(manifest, base, tallies) if base is not None else None
     if base is None or counts is None or _went_quiet(base, tallies, time.time()):
         return read_progress(store, manifest).counts
-    return counts
+    return replace(counts, cancelled=cancelled)
+
+
+def mark_cancelled(store: RunStore, cancelled: bool) -> None:
+    """Record in storage that the run is cancelled (or resumed), so readers without Redis stop waiting."""
+    key = progress_prefix(store.run_id) + CANCELLED_NAME
+    if cancelled:
+        store.storage.put(key, json.dumps({"cancelled_at": time.time()}).encode())
+    else:
+        store.storage.delete(key)
 
 
 def start_record(store: RunStore, manifest: RunManifest) -> None:

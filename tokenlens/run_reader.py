@@ -71,6 +71,8 @@ class RunSummary:
     corrupt: int
     pending: int
     complete: bool
+    #: Stopped by `tokenlens cancel` until a resume: nothing more comes, so pages stop polling.
+    cancelled: bool = False
 
     @classmethod
     def of(cls, progress: RunProgress) -> RunSummary:
@@ -92,6 +94,7 @@ class RunSummary:
             corrupt=counts.corrupt,
             pending=counts.pending,
             complete=counts.complete,
+            cancelled=counts.cancelled,
         )
 
 

@@ -17,7 +17,7 @@ from storage_backends import LocalStorage, ObjectInfo
 from tests.fixtures.redis_server import free_port
 from tests.ui.sample_runs import make_result
 from tokenlens import progress
-from tokenlens.progress import RunCounts, read_progress, run_counts, start_record
+from tokenlens.progress import RunCounts, mark_cancelled, read_progress, run_counts, start_record
 from tokenlens.results import RunStore
 from tokenlens.schema import ErrorRecord, RunManifest
 from ui.http_api import create_app
@@ -181,3 +181,15 @@ def test_a_removed_corrupt_result_is_not_counted_twice(tmp_path: Path) -> None:
     store.delete_result("p0")  # a resume removes it ...
     store.write_result(make_result("healed", "p0", "prompt p0"))  # ... and attributes it again
     assert run_counts(store) == RunCounts(prompt_count=2, done=1, failed=0, corrupt=0) == read_progress(store).counts
+
+
+def test_a_cancelled_run_says_so_to_readers_without_redis(tmp_path: Path) -> None:
+    store = _new_run(LocalStorage(tmp_path), "stopped", 3)
+    store.write_result(make_result("stopped", "p0", "prompt p0"))
+    mark_cancelled(store, True)
+    assert run_counts(store).cancelled and read_progress(store).counts.cancelled
+    with TestClient(create_app(LocalStorage(tmp_path))) as client:
+        run = client.get("/api/runs/stopped/counts").json()["run"]
+    assert run["cancelled"] is True and run["pending"] == 2
+    mark_cancelled(store, False)  # a resume
+    assert not run_counts(store).cancelled
