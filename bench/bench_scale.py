@@ -43,7 +43,7 @@ from bench.report_sections import replace_section
 from producer.fetch import describe_runs, fetch_run, plan_fetch
 from producer.submit import cancel_run, run_status, submit_run
 from storage_backends import LocalStorage, Storage, open_storage
-from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.redis_server import free_port
 from tokenlens.batch import PromptRecord
 from tokenlens.progress import read_progress
 from tokenlens.result_codec import encode_result
@@ -170,10 +170,25 @@ def measure_fetch(storage: Storage, run_id: str, dest: Path) -> float:
 
 def measure_redis(tmp: Path, prompts: int) -> dict[str, float]:
     """Submit time of `prompts` prompts, and SLOWLOG's longest command around a new submit, a cancel, a resume."""
-    server = RedisServer(tmp / "redis")
-    server.start()
+    # Configured like deploy/compose.yaml (append-only, fsync every second), on a port of its own.
+    port = free_port()
+    (tmp / "redis").mkdir(parents=True)
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp / "redis"), "--save", "",
+         "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
     try:
-        url = server.url(0)
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         client = redis.Redis.from_url(url)
         client.config_set("slowlog-max-len", 100000)
         prompts_file = tmp / "prompts.jsonl"
@@ -203,7 +218,8 @@ def measure_redis(tmp: Path, prompts: int) -> dict[str, float]:
         row["resume_ms"] = longest_ms(lambda: submit_run(spec("big"), prompts_file, broker_url=url))
         return row
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def fmt_ms(seconds: float) -> str:
