@@ -199,7 +199,8 @@ def measure_redis(tmp: Path, prompts: int) -> dict[str, float]:
         small.write_text("".join(json.dumps({"prompt": f"Small {i}"}) + "\n" for i in range(80)))
 
         def spec(run_id: str) -> RunSpec:
-            return RunSpec(run_id=run_id, model=MODEL, method="saliency", results_url=str(tmp / "results"), batch_size=8)
+            results = str(tmp / "results")
+            return RunSpec(run_id=run_id, model=MODEL, method="saliency", results_url=results, batch_size=8)
 
         started = time.perf_counter()
         report = submit_run(spec("big"), prompts_file, broker_url=url)
@@ -271,7 +272,8 @@ def markdown(local: dict[int, dict[str, float]], s3: dict[int, dict[str, float]]
         "",
         "| what | measured |",
         "| --- | ---: |",
-        f"| submit {meta['redis_prompts']} prompts (read, validate, run.json, enqueue) | {redis_row['submit_s']:.2f} s |",
+        f"| submit {meta['redis_prompts']} prompts (read, validate, run.json, enqueue) "
+        f"| {redis_row['submit_s']:.2f} s |",
         f"| longest Redis command while submitting a new run | {redis_row['new_submit_ms']:.2f} ms |",
         f"| longest Redis command while cancelling the queued run | {redis_row['cancel_ms']:.2f} ms |",
         f"| longest Redis command while resuming it (a new session) | {redis_row['resume_ms']:.2f} ms |",

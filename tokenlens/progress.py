@@ -246,7 +246,8 @@ def _counts_from_record(
     manifest: RunManifest, base: dict[str, Any], tallies: dict[str, dict[str, Any]]
 ) -> RunCounts | None:
     """The counts the record says (None if they are impossible, so the record must be rebuilt)."""
-    seen = base.get("tallies") if isinstance(base.get("tallies"), dict) else {}
+    recorded = base.get("tallies")
+    seen: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     done, failed, removed = base["done"], base["failed"], 0
     for name, tally in tallies.items():
         before = seen.get(name) or [0, 0, 0]

@@ -145,7 +145,12 @@ def test_run_page_is_paginated_searchable_and_filterable(client: TestClient) -> 
 
 @pytest.mark.parametrize(
     ("params", "named"),
-    [({"limit": "ten"}, "limit"), ({"offset": "-1"}, "offset"), ({"limit": "0"}, "limit"), ({"status": "odd"}, "status")],
+    [
+        ({"limit": "ten"}, "limit"),
+        ({"offset": "-1"}, "offset"),
+        ({"limit": "0"}, "limit"),
+        ({"status": "odd"}, "status"),
+    ],
 )
 def test_bad_page_parameters_are_a_400_naming_them(client: TestClient, params: dict[str, str], named: str) -> None:
     response = client.get("/api/runs/run-sal", params=params)
