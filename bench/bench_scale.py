@@ -289,50 +289,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-big", type=int, default=20_000, help="0: skip SeaweedFS")
     parser.add_argument("--redis-prompts", type=int, default=100_000)
     parser.add_argument("--no-write", action="store_true", help="print the table; leave bench/results.md alone")
+    parser.add_argument(
+        "--workdir", type=Path, help="work in this new directory and leave it (deleting 200k files can take minutes)"
+    )
     args = parser.parse_args(argv)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True)
+        text = run(args, args.workdir)
+        print(f"left {args.workdir}: delete it when done", file=sys.stderr)
+    else:
+        with tempfile.TemporaryDirectory(prefix="tokenlens-bench-scale-") as tmp_name:
+            text = run(args, Path(tmp_name))
+    print(text)
+    if not args.no_write:
+        replace_section(RESULTS_MD, "scale", text)
+    return 0
+
+
+def run(args: argparse.Namespace, tmp: Path) -> str:
+    """Every measurement, in `tmp`; the markdown table."""
 
     local: dict[int, dict[str, float]] = {}
     s3: dict[int, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="tokenlens-bench-scale-") as tmp_name:
-        tmp = Path(tmp_name)
-        redis_row = measure_redis(tmp / "redis-bench", args.redis_prompts)
-        print(json.dumps({"redis": redis_row}), flush=True)
-        broker = "redis://127.0.0.1:1/0"  # unreachable: status says so and counts from storage alone
-        for n in (args.small, args.big):
-            root = tmp / f"local-{n}"
-            storage = LocalStorage(root, fsync=False)
-            started = time.perf_counter()
-            make_run(storage, f"run-{n}", n)
-            print(f"made a {n}-prompt local run in {time.perf_counter() - started:.0f} s", flush=True)
-            local[n] = measure_reads(storage, f"run-{n}", broker, None)
-            local[n]["fetch_fps"] = measure_fetch(storage, f"run-{n}", tmp / f"fetched-{n}")
-            print(json.dumps({f"local {n}": local[n]}), flush=True)
-        if args.s3_big:
-            from tests.fixtures.seaweedfs import start_weed_server
+    redis_row = measure_redis(tmp / "redis-bench", args.redis_prompts)
+    print(json.dumps({"redis": redis_row}), flush=True)
+    broker = "redis://127.0.0.1:1/0"  # unreachable: status says so and counts from storage alone
+    for n in (args.small, args.big):
+        storage = LocalStorage(tmp / f"local-{n}", fsync=False)
+        started = time.perf_counter()
+        make_run(storage, f"run-{n}", n)
+        print(f"made a {n}-prompt local run in {time.perf_counter() - started:.0f} s", flush=True)
+        local[n] = measure_reads(storage, f"run-{n}", broker, None)
+        local[n]["fetch_fps"] = measure_fetch(storage, f"run-{n}", tmp / f"fetched-{n}")
+        print(json.dumps({f"local {n}": local[n]}), flush=True)
+    if args.s3_big:
+        from tests.fixtures.seaweedfs import start_weed_server
 
-            server = start_weed_server()
-            try:
-                env = {**os.environ, **server.env()}
-                os.environ.update(server.env())
-                for n in (args.small, args.s3_big):
-                    storage = open_storage(f"s3://{server.bucket}/scale-{n}")
-                    started = time.perf_counter()
-                    make_run(storage, f"run-{n}", n, workers=32)
-                    print(f"made a {n}-prompt S3 run in {time.perf_counter() - started:.0f} s", flush=True)
-                    s3[n] = measure_reads(storage, f"run-{n}", broker, env)
-                    print(json.dumps({f"s3 {n}": s3[n]}), flush=True)
-            finally:
-                server.cleanup()
+        server = start_weed_server()
+        try:
+            env = {**os.environ, **server.env()}
+            os.environ.update(server.env())
+            for n in (args.small, args.s3_big):
+                storage = open_storage(f"s3://{server.bucket}/scale-{n}")
+                started = time.perf_counter()
+                make_run(storage, f"run-{n}", n, workers=32)
+                print(f"made a {n}-prompt S3 run in {time.perf_counter() - started:.0f} s", flush=True)
+                s3[n] = measure_reads(storage, f"run-{n}", broker, env)
+                print(json.dumps({f"s3 {n}": s3[n]}), flush=True)
+        finally:
+            server.cleanup()
     meta = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
         "date": time.strftime("%Y-%m-%d"),
         "redis_prompts": f"{args.redis_prompts:,}",
     }
-    text = markdown(local, s3, redis_row, meta)
-    print(text)
-    if not args.no_write:
-        replace_section(RESULTS_MD, "scale", text)
-    return 0
+    return markdown(local, s3, redis_row, meta)
 
 
 if __name__ == "__main__":
