@@ -21,8 +21,8 @@ import pytest
 
 from storage_backends import LocalStorage
 from tests.ui.sample_runs import SamplePrompt, write_big_result, write_run
-from tokenlens.batch import PromptRecord
 from tests.ui.ui_process import REPO_ROOT, TOKENLENS, running_ui
+from tokenlens.batch import PromptRecord
 
 WEB_DIR = REPO_ROOT / "ui" / "web"
 ARTIFACTS_DIR = REPO_ROOT / "tests" / "artifacts"
