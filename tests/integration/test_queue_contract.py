@@ -6,14 +6,17 @@ import base64
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 from celery import Celery
 
+from producer.submit import RunStatus
 from tests.integration.workers import REPO_ROOT
 from tokenlens.batch import BatchTask, PromptRecord
+from tokenlens.progress import RunCounts
 from tokenlens.queue import (
     RUN_HEADER,
     TASK_NAME,
@@ -24,6 +27,7 @@ from tokenlens.queue import (
     queue_name,
     session_of,
 )
+from tokenlens.schema import RunManifest
 
 pytestmark = pytest.mark.integration
 
@@ -82,15 +86,42 @@ def test_a_resubmit_starts_a_session_and_earlier_batches_are_dropped(broker_url:
     old_ids = run.enqueue([_batch("resumed", "a"), _batch("resumed", "b")], queue, session=first)
     assert all(session_of(batch_id) == first for batch_id in old_ids)
     run.cancel()
+    assert run.take(old_ids[0], 1) == "cancelled"
+    started_first = run.progress()
+    assert started_first is not None and started_first.number("started_at") is None, "nothing taken yet"
     second = run.register({"model": "org/model", "queue": queue})  # resume: a new session, the cancel cleared
     assert second == first + 1
     new_ids = run.enqueue([_batch("resumed", "a")], queue, session=second)
-    assert [run.take(batch_id, 1) for batch_id in old_ids] == ["stale", "stale"]
+    assert [run.take(batch_id, 1) for batch_id in old_ids[1:]] == ["stale"]
+    resumed = run.progress()
+    assert resumed is not None and resumed.number("started_at") is None, "a stale batch does not start the session"
     assert run.take(new_ids[0], 1) == "taken"
+    taken = run.progress()
+    assert taken is not None and taken.number("started_at") is not None, "the session starts at its first batch"
     # A batch id with no session (pushed by other tools) is never dropped as stale.
     assert run.take(new_batch_id(), 1) == "taken"
     progress = run.progress()
     assert progress is not None and not progress.cancelled and progress.in_flight_batches == 2
+
+
+def test_throughput_and_eta_measure_only_the_current_session(broker_url: str) -> None:
+    """A run resumed after a pause: only prompts finished since the resume, over the time since its first batch."""
+    run = RunQueue(redis.Redis.from_url(broker_url), "paused")
+    first = run.register({"model": "org/model", "queue": "q", "done_at_submit": 0})
+    assert run.take(run.enqueue([_batch("paused", "a")], "q", session=first)[0], 1) == "taken"
+    before = run.progress()
+    assert before is not None and before.number("started_at") is not None  # the first session started
+    run.register({"model": "org/model", "queue": "q", "done_at_submit": 60})  # resumed later with 60 done
+    session = run.progress()
+    assert session is not None and session.number("started_at") is None
+    manifest = RunManifest(run_id="paused", model="org/model", method="saliency", prompt_count=100)
+    counts = RunCounts(prompt_count=100, done=80, failed=0)
+    status = RunStatus("paused", manifest, counts, session, None, checked_at=5000.0)
+    assert status.throughput_per_s() is None, "no batch taken in this session yet: no rate to tell"
+    with_start = replace(session, info={**session.info, "started_at": "4990"})
+    status = RunStatus("paused", manifest, counts, with_start, None, checked_at=5000.0)
+    assert status.throughput_per_s() == pytest.approx(2.0)  # 20 prompts since the resume, in 10 s
+    assert status.eta_s() == pytest.approx(10.0)  # 20 pending at 2/s
 
 
 def test_attempts_are_counted_per_prompt_and_refunded(broker_url: str) -> None:
