@@ -23,9 +23,11 @@ the UI cost the same at 100 prompts as at 100,000. The record is rebuilt from a 
 
 - it is missing (a run older than the record, or storage written by hand);
 - its counts are impossible (negative);
-- the run went quiet (no tally stored for `QUIET_S`) after its last rebuild: once per quiet spell,
-  it catches up a writer that died between writing a result and storing its tally, and a rebuild
-  that raced a writer;
+- the run has prompts pending and went quiet (no tally stored for `QUIET_S`) after its last
+  rebuild: once per quiet spell, it catches up a writer that died between writing a result and
+  storing its tally, and a rebuild that raced a writer (a result written while the listing ran
+  can be missed, never counted twice: tallies are stored right after each change, and the
+  tallies a rebuild includes are read after its listing). A finished run is never listed again;
 - someone asks (`--verify`, a resumed submit).
 
 A read-only storage can't keep a rebuilt record: every call then lists (correct, slower).
@@ -276,7 +278,7 @@ def run_counts(store: RunStore, manifest: RunManifest | None = None) -> RunCount
     manifest = manifest if manifest is not None else store.read_manifest()
     base, tallies, cancelled = _read_record(store)
     counts = _counts_from_record(manifest, base, tallies) if base is not None else None
-    if base is None or counts is None or _went_quiet(base, tallies, time.time()):
+    if base is None or counts is None or (counts.pending > 0 and _went_quiet(base, tallies, time.time())):
         return read_progress(store, manifest).counts
     return replace(counts, cancelled=cancelled)
 
