@@ -357,7 +357,7 @@ def describe_run(storage: Storage, run_id: str, *, verify: bool = False) -> RunR
     """The run's row (its counts from the progress record; `verify`: every result read); None without run.json."""
     store = RunStore(storage, run_id)
     try:
-        manifest = store.read_manifest()
+        manifest = store.read_manifest(prompt_ids=False)  # counts need the prompt count, not the list
         counts = read_progress(store, manifest, verify=True).counts if verify else run_counts(store, manifest)
     except (ValueError, RunUnreadableError) as exc:
         first_line = str(exc).splitlines()[0]

@@ -160,7 +160,7 @@ def run_status(run_id: str, *, results_url: str, broker_url: str, verify: bool =
     """
     storage = open_storage(results_url)
     store = RunStore(storage, run_id)
-    manifest = store.read_manifest()
+    manifest = store.read_manifest(prompt_ids=False)  # counts need the prompt count, not the list
     if verify:
         stored = read_progress(store, manifest, verify=True)
         counts, corrupt_ids = stored.counts, stored.corrupt_ids

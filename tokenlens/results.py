@@ -49,7 +49,9 @@ class RunStore:
     def write_manifest(self, manifest: RunManifest) -> None:
         self.storage.put(self.manifest_key(), manifest.model_dump_json(indent=2).encode())
 
-    def read_manifest(self) -> RunManifest:
+    def read_manifest(self, *, prompt_ids: bool = True) -> RunManifest:
+        """The run's run.json. With ``prompt_ids=False`` its list of prompt ids is skipped unparsed (it is
+        left empty): reading a 100,000-prompt run's summary then costs a few ms, not 30 (`status`, `runs`)."""
         try:
             raw = self.storage.get(self.manifest_key())
         except NotFoundError:
@@ -57,6 +59,13 @@ class RunStore:
                 f"run {self.run_id!r} not found under {self.storage.url} (no {self.manifest_key()}); "
                 "`tokenlens runs --results URL` lists the runs there"
             ) from None
+        if not prompt_ids:
+            light = _without_prompt_ids(raw)
+            if light is not None:
+                try:
+                    return RunManifest.model_validate_json(light)
+                except ValidationError:
+                    pass  # read whole below, for the error message
         try:
             return RunManifest.model_validate_json(raw)
         except ValidationError as exc:  # truncated, edited, or not ours
@@ -164,6 +173,24 @@ class RunStore:
             for info in self.storage.list(prefix)
             if info.key.endswith(".json")
         }
+
+
+_PROMPT_IDS_KEY = b'"prompt_ids":'
+
+
+def _without_prompt_ids(raw: bytes) -> bytes | None:
+    """run.json with its "prompt_ids" list cut out, or None if it can't be cut safely.
+
+    Prompt ids are safe ids (no quote, bracket or backslash), so the list's first ']' closes it.
+    """
+    start = raw.find(_PROMPT_IDS_KEY)
+    if start < 0 or raw.find(_PROMPT_IDS_KEY, start + 1) >= 0:
+        return None
+    opening = raw.find(b"[", start)
+    closing = raw.find(b"]", opening)
+    if opening < 0 or closing < 0 or raw[start + len(_PROMPT_IDS_KEY) : opening].strip():
+        return None
+    return raw[:opening] + b"[]" + raw[closing + 1 :]
 
 
 def list_run_ids(storage: Storage) -> Iterator[str]:

@@ -193,3 +193,16 @@ def test_a_cancelled_run_says_so_to_readers_without_redis(tmp_path: Path) -> Non
     assert run["cancelled"] is True and run["pending"] == 2
     mark_cancelled(store, False)  # a resume
     assert not run_counts(store).cancelled
+
+
+def test_a_runs_summary_is_read_without_its_prompt_id_list(tmp_path: Path) -> None:
+    store = _new_run(LocalStorage(tmp_path), "light", 50)
+    full, light = store.read_manifest(), store.read_manifest(prompt_ids=False)
+    assert len(full.prompt_ids) == 50 and light.prompt_ids == []
+    assert light.model_copy(update={"prompt_ids": full.prompt_ids}) == full
+    # A "source" that spells the key out is never where the list is cut.
+    odd = full.model_copy(update={"run_id": "odd", "source": '"prompt_ids": [x]'})
+    LocalStorage(tmp_path).put("runs/odd/run.json", odd.model_dump_json().encode())
+    assert RunStore(LocalStorage(tmp_path), "odd").read_manifest(prompt_ids=False) == odd.model_copy(
+        update={"prompt_ids": []}
+    )
