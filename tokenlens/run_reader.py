@@ -237,12 +237,17 @@ class RunReader:
         return RunStore(self.storage, run_id)
 
     def manifest(self, run_id: str) -> RunManifest:
-        """The run's run.json: `RunNotFoundError` if absent, `RunUnreadableError` if it can't be read."""
+        """The run's run.json, whole: `RunNotFoundError` if absent, `RunUnreadableError` if it can't be read."""
+        return self.store(run_id).read_manifest()
+
+    def header(self, run_id: str) -> RunManifest:
+        """The run's run.json without its prompt id list (`RunStore.read_manifest(prompt_ids=False)`), read once
+        (run.json is written once): what summaries and pages need, a few ms at any size. Errors as `manifest`."""
         with self._lock:
             known = self._manifests.get(run_id)
         if known is not None:
             return known
-        manifest = self.store(run_id).read_manifest()
+        manifest = self.store(run_id).read_manifest(prompt_ids=False)
         with self._lock:
             self._manifests[run_id] = manifest
         return manifest
@@ -259,7 +264,7 @@ class RunReader:
     def summary(self, run_id: str) -> RunSummary | UnreadableRun | None:
         """The run's summary; None for a folder with no run.json (a run being created, a stray folder)."""
         try:
-            manifest = self.manifest(run_id)
+            manifest = self.header(run_id)
         except RunNotFoundError:
             return None
         except (TokenLensError, ValueError) as exc:
@@ -388,7 +393,9 @@ class RunReader:
         if cached is not None and cached[1] >= counts.prompt_count:
             return cached[0]
         texts = self._prompt_set(run_id, again=cached is not None)
-        order = [*texts, *(pid for pid in manifest.prompt_ids if pid not in texts)]
+        order = list(texts)
+        if len(order) < counts.prompt_count:  # no or a partial prompts.jsonl: run.json's list, read whole
+            order += [pid for pid in self.manifest(run_id).prompt_ids if pid not in texts]
         if len(order) < counts.prompt_count:  # stored prompts no list names: one listing finds them
             known = set(order)
             progress = self._listing(run_id, manifest, counts)
@@ -432,7 +439,7 @@ class RunReader:
         if status is not None and status not in STATUSES:
             raise TokenLensError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
         offset, limit = max(offset, 0), min(max(limit, 0), MAX_PAGE_ROWS)
-        manifest = self.manifest(run_id)
+        manifest = self.header(run_id)
         counts = self.counts(run_id, manifest)
         rows = self._prompt_order(run_id, manifest, counts)
         if q:

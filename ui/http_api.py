@@ -164,7 +164,7 @@ def run_detail(request: Request) -> Response:
     if status is not None and status not in STATUSES:
         raise ApiError(400, f"query parameter status={status!r} is not one of {', '.join(STATUSES)}")
     query = request.query_params.get("q") or None
-    manifest = reader.manifest(run_id)
+    manifest = reader.header(run_id)
     counts = reader.counts(run_id, manifest)
     etag = _etag_of(run_id, manifest.created_at, asdict(counts), offset, limit, status, query)
 
