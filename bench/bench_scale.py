@@ -339,7 +339,7 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
         finally:
             server.cleanup()
     meta = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[1]:.1f})",
         "date": time.strftime("%Y-%m-%d"),
         "redis_prompts": f"{args.redis_prompts:,}",
     }
