@@ -176,8 +176,8 @@ def status_command(
             else:
                 postfix["redis"] = "n/a"
             bar.set_postfix(postfix)
-            if status.finished:
-                break
+            if status.finished or (status.queue is not None and status.queue.cancelled):
+                break  # nothing more will come: a cancelled run waits for a resume
             time.sleep(interval)
             status = run_status(run_id, results_url=settings.results_url, broker_url=settings.broker_url)
     click.echo("\n".join(describe_status(status)))
@@ -197,6 +197,7 @@ def cancel_command(run_id: str, broker_url: str | None, results_url: str | None)
     settings = Settings.from_env(broker_url=broker_url, results_url=results_url)
     report = cancel_run(run_id, broker_url=settings.broker_url, results_url=settings.results_url)
     click.echo(
-        f"cancelled run {run_id}: removed {report.removed_batches} queued batches from {report.queue}; "
-        f"{report.in_flight_batches} running batches stop at their next sub-batch. Finished results stay."
+        f"cancelled run {run_id}: removed {report.removed_batches} queued batches from {report.queue} (workers drop "
+        f"them as they reach them); {report.in_flight_batches} running batches stop at their next sub-batch. "
+        "Finished results stay."
     )

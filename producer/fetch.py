@@ -3,10 +3,18 @@
 A fetch mirrors ``runs/<run_id>/...`` from storage into ``DEST/<run_id>/...``: parallel, atomic
 per file (a file is either complete or absent), and resumable (files already there with the same
 size and MD5 are skipped), so an interrupted fetch is finished by running it again.
+
+At scale: at most `WINDOW_PER_JOB` downloads per thread are handed to the pool at a time (a
+bounded window, so the cost per file does not grow with the run), and files are not fsynced one
+by one. **Durability:** the destination's filesystem is synced (syncfs) every `SYNC_EVERY_FILES`
+files and once at the end, before the fetch reports success; a crash before that can leave
+recent files missing or short, and the next fetch, which compares size and MD5, fetches them again.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import sys
@@ -31,7 +39,7 @@ from storage_backends import (
 from storage_backends.base import md5_hex
 from tokenlens.cli_options import results_option
 from tokenlens.errors import RunNotFoundError, RunUnreadableError, TokenLensError
-from tokenlens.progress import read_progress
+from tokenlens.progress import read_progress, run_counts
 from tokenlens.results import KINDS, RUNS_PREFIX, RunStore, list_run_ids
 from tokenlens.settings import Settings
 
@@ -39,6 +47,11 @@ DEFAULT_JOBS = 8
 MAX_JOBS = 64
 #: How many failures the summary spells out; the rest are counted.
 FAILURES_SHOWN = 10
+#: Downloads handed to the pool at once, per thread: enough to keep every thread busy, few enough that
+#: waiting for the next finished one costs the same at 100 files as at 100,000.
+WINDOW_PER_JOB = 4
+#: The destination is synced to disk after this many files (and at the end); see the module docstring.
+SYNC_EVERY_FILES = 2000
 
 FileStatus = Literal["downloaded", "skipped", "failed", "not attempted"]
 
@@ -144,7 +157,7 @@ def fetch_run(
     alone and counted as not attempted: the endpoint is gone, so hammering it helps nobody.
     `on_file` is called in this thread for each file as it finishes (progress bars, tests).
     """
-    local = LocalStorage(dest)
+    local = LocalStorage(dest, fsync=False)  # synced in batches (`_sync_filesystem`), not file by file
     try:
         local.root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -169,24 +182,61 @@ def fetch_run(
         except (StorageError, OSError) as exc:
             return FileOutcome(info.key, info.size, "failed", f"{type(exc).__name__}: {exc}")
 
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, MAX_JOBS)), thread_name_prefix="fetch") as pool:
-        pending: set[Future[FileOutcome]] = {pool.submit(task, info) for info in plan.objects}
+    workers = max(1, min(jobs, MAX_JOBS))
+    since_sync = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+        window: set[Future[FileOutcome]] = set()
+        objects = iter(plan.objects)
         try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            while True:
+                for info in objects:  # top the window up; the rest of the plan waits its turn
+                    window.add(pool.submit(task, info))
+                    if len(window) >= workers * WINDOW_PER_JOB:
+                        break
+                if not window:
+                    break
+                done, window = wait(window, return_when=FIRST_COMPLETED)
                 for future in done:
                     outcome = future.result()
                     summary.record(outcome)
+                    since_sync += outcome.status == "downloaded"
                     if on_file is not None:
                         on_file(outcome)
+                if since_sync >= SYNC_EVERY_FILES:
+                    _sync_filesystem(local.root)
+                    since_sync = 0
         except BaseException:
             # Ctrl-C (or a failing callback): let only the downloads already running finish (each is
             # atomic), instead of the pool working through the whole queue before we can exit.
             stop.set()
-            for future in pending:
+            for future in window:
                 future.cancel()
             raise
+        finally:
+            _sync_filesystem(local.root)
     return summary
+
+
+def _sync_filesystem(directory: Path) -> None:
+    """Flush everything written to `directory`'s filesystem to disk: syncfs(2) where libc has it, else sync."""
+    syncfs = getattr(_libc, "syncfs", None) if _libc is not None else None
+    if syncfs is None:
+        os.sync()
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        os.sync()
+        return
+    try:
+        if syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+_libc_name = ctypes.util.find_library("c")
+_libc = ctypes.CDLL(_libc_name, use_errno=True) if _libc_name else None
 
 
 def _human_bytes(count: int) -> str:
@@ -261,10 +311,20 @@ def fetch_command(
     storage = _open_for_reading(results_url)
     plan = plan_fetch(storage, run_id, kinds or KINDS)
     show_bar = sys.stderr.isatty() if progress is None else progress
+    # Counted in files, so the bar's rate is files/s and its ETA the time left; bytes go in the postfix.
     with tqdm(
-        total=plan.total_bytes, unit="B", unit_scale=True, desc=f"fetch {run_id}", disable=not show_bar, file=sys.stderr
+        total=len(plan.objects), unit="file", desc=f"fetch {run_id}", disable=not show_bar, file=sys.stderr
     ) as bar:
-        summary = fetch_run(storage, plan, dest, jobs=jobs, on_file=lambda outcome: bar.update(outcome.size))
+        fetched_bytes = 0
+
+        def advance(outcome: FileOutcome) -> None:
+            nonlocal fetched_bytes
+            fetched_bytes += outcome.size
+            bar.update(1)
+            if bar.n % 50 == 0 or bar.n == bar.total:
+                bar.set_postfix_str(f"{_human_bytes(fetched_bytes)} of {_human_bytes(plan.total_bytes)}", refresh=False)
+
+        summary = fetch_run(storage, plan, dest, jobs=jobs, on_file=advance)
     first, *details = summary_lines(summary)
     click.echo(first)
     for line in details:  # only there when something went wrong
@@ -293,16 +353,17 @@ class RunRow:
     problem: str | None = None
 
 
-def describe_run(storage: Storage, run_id: str, *, verify: bool = False) -> RunRow:
+def describe_run(storage: Storage, run_id: str, *, verify: bool = False) -> RunRow | None:
+    """The run's row (its counts from the progress record; `verify`: every result read); None without run.json."""
     store = RunStore(storage, run_id)
     try:
-        manifest = store.read_manifest()
-        counts = read_progress(store, manifest, verify=verify).counts
+        manifest = store.read_manifest(prompt_ids=False)  # counts need the prompt count, not the list
+        counts = read_progress(store, manifest, verify=True).counts if verify else run_counts(store, manifest)
     except (ValueError, RunUnreadableError) as exc:
         first_line = str(exc).splitlines()[0]
         return RunRow(run_id=run_id, problem=f"unreadable run.json: {first_line}")
-    except RunNotFoundError:
-        return RunRow(run_id=run_id, problem="run.json deleted while listing")
+    except RunNotFoundError:  # a folder under runs/ with no run.json: a run being created, or not a run
+        return None
     return RunRow(
         run_id=run_id,
         model=manifest.model,
@@ -322,7 +383,8 @@ def describe_runs(storage: Storage, jobs: int = DEFAULT_JOBS, *, verify: bool = 
     """Every run under the storage root, oldest first (`verify`: every result file read and checked)."""
     run_ids = list(list_run_ids(storage))
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="runs") as pool:
-        rows = list(pool.map(lambda run_id: describe_run(storage, run_id, verify=verify), run_ids))
+        found = pool.map(lambda run_id: describe_run(storage, run_id, verify=verify), run_ids)
+        rows = [row for row in found if row is not None]
     return sorted(rows, key=lambda row: (row.created_at or "", row.run_id))
 
 

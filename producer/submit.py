@@ -9,6 +9,7 @@ With TOKENLENS_QUEUE_KEY set, every batch is signed (tokenlens.signing).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ from tokenlens.broker_url import redact_url
 from tokenlens.dead_letters import RunDeadLetters, read_run_dead_letters
 from tokenlens.errors import TokenLensError
 from tokenlens.plan import plan_run
-from tokenlens.progress import RunCounts, read_progress
+from tokenlens.progress import RunCounts, mark_cancelled, read_progress, run_counts
 from tokenlens.prompt_sets import PromptSource
 from tokenlens.queue import BrokerError, QueueProgress, RunQueue, connect_broker, queue_name
 from tokenlens.results import RunStore
 from tokenlens.schema import RunManifest
 from tokenlens.spec import RunSpec, build_batches
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,14 @@ def submit_run(
     pending = [r for r in records if r.id not in done]
     run_queue = RunQueue(client, spec.run_id, signing_key=signing_key)
     try:
-        # Resuming: drop what an earlier submit still has queued (it is queued again below), clear a
-        # cancel, give failed prompts fresh attempts, and forget their old error records.
-        run_queue.remove_queued(queue)
-        _clear_errors(store, [r.id for r in pending])
-        run_queue.reset_attempts([r.id for r in pending])
-        run_queue.register(
+        if plan.resumed:
+            # Give failed prompts fresh attempts and forget their old error records; no longer cancelled.
+            mark_cancelled(store, False)
+            _clear_errors(store, [r.id for r in pending])
+            run_queue.reset_attempts([r.id for r in pending])
+        # A new session: what an earlier submit still has queued is dropped by the worker that pops it
+        # (it is queued again below), and a cancel is cleared. Nothing scans the queue.
+        session = run_queue.register(
             {
                 "model": model,
                 "queue": queue,
@@ -81,7 +86,7 @@ def submit_run(
             }
         )
         batches = build_batches(spec, pending, spec.batch_size or defaults.SUBMIT_BATCH_SIZE)
-        run_queue.enqueue(batches, queue)
+        run_queue.enqueue(batches, queue, session=session)
     except redis.RedisError as exc:
         raise BrokerError(
             f"the broker failed while queueing run {spec.run_id!r} ({exc}); submit it again to resume"
@@ -102,6 +107,7 @@ def _clear_errors(store: RunStore, pending: Sequence[str]) -> None:
     pending_set = set(pending)
     for prompt_id in store.ids("errors") & pending_set:
         store.clear_error(prompt_id)
+    store.flush_progress()  # the run's progress record no longer counts them failed
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,9 @@ class RunStatus:
         return self.counts.pending == 0
 
     def throughput_per_s(self) -> float | None:
-        """Prompts finished per second since the first worker took a batch of this submission."""
+        """Prompts finished per second in this session of the run: since the first worker took a batch of the
+        latest submit (`started_at`, reset by each submit), counting only what finished since
+        (`done_at_submit`, the done count when it was submitted). A pause before a resume is not counted."""
         if self.queue is None:
             return None
         since = self.queue.number("started_at")
@@ -153,9 +161,12 @@ def run_status(run_id: str, *, results_url: str, broker_url: str, verify: bool =
     """
     storage = open_storage(results_url)
     store = RunStore(storage, run_id)
-    manifest = store.read_manifest()
-    stored = read_progress(store, manifest, verify=verify)
-    counts = stored.counts
+    manifest = store.read_manifest(prompt_ids=False)  # counts need the prompt count, not the list
+    if verify:
+        stored = read_progress(store, manifest, verify=True)
+        counts, corrupt_ids = stored.counts, stored.corrupt_ids
+    else:  # the progress record: a few small reads, however many prompts the run has
+        counts, corrupt_ids = run_counts(store, manifest), frozenset()
     progress: QueueProgress | None = None
     note: str | None = None
     dead_letters: RunDeadLetters | None = None
@@ -177,7 +188,7 @@ def run_status(run_id: str, *, results_url: str, broker_url: str, verify: bool =
         note = f"Redis error ({exc}): counts come from storage alone; queued and in-flight are unknown"
     return RunStatus(
         run_id=run_id, manifest=manifest, counts=counts, queue=progress, queue_note=note, checked_at=time.time(),
-        dead_letters=dead_letters, corrupt_ids=stored.corrupt_ids,
+        dead_letters=dead_letters, corrupt_ids=corrupt_ids,
     )  # fmt: skip
 
 
@@ -190,11 +201,15 @@ class CancelReport:
 
 
 def cancel_run(run_id: str, *, broker_url: str, results_url: str | None = None) -> CancelReport:
-    """Remove the run's queued batches and tell workers to drop the ones they hold; results stay."""
+    """Mark the run cancelled: workers drop its batches as they pop them and stop the ones they hold; results stay.
+
+    O(1) in the queue's length (no scan of the queue): Redis is never blocked, however much is queued.
+    """
     client = connect_broker(broker_url)
     run_queue = RunQueue(client, run_id)
     progress = run_queue.progress()
     queue = progress.info.get("queue") if progress is not None else None
+    results_url = results_url or (progress.info.get("results_url") if progress is not None else None)
     if queue is None:
         if results_url is None:
             raise TokenLensError(
@@ -206,9 +221,13 @@ def cancel_run(run_id: str, *, broker_url: str, results_url: str | None = None) 
         except StorageError as exc:
             raise TokenLensError(f"can't read run {run_id!r} under {results_url}: {exc}") from None
         queue = queue_name(manifest.model)
-    # Flag first, so a worker that pops a batch while we sweep the queue drops it.
-    run_queue.cancel()
-    removed = run_queue.remove_queued(queue)
+    removed = run_queue.cancel()
+    if results_url is not None:
+        # The UI reads storage, not Redis: the record tells it to stop waiting for the run.
+        try:
+            mark_cancelled(RunStore(open_storage(results_url), run_id), True)
+        except StorageError as exc:
+            log.warning("run %s is cancelled, but its results storage could not record it (%s)", run_id, exc)
     return CancelReport(
         run_id=run_id,
         queue=queue,

@@ -71,6 +71,14 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+def validate_folder_prefix(prefix: str) -> str:
+    """`prefix` checked for `Storage.list_dirs`: '' or a safe prefix ending with '/'."""
+    validate_prefix(prefix)
+    if prefix and not prefix.endswith("/"):
+        raise InvalidKeyError(f"folder prefix {prefix!r} must end with '/'")
+    return prefix
+
+
 def md5_hex(data: bytes) -> str:
     """The checksum `fetch` compares to skip files it already has."""
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
@@ -119,6 +127,17 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix`, in key order, all pages."""
+
+    def list_dirs(self, prefix: str = "") -> Iterator[str]:
+        """The names of the "folders" directly under `prefix` (which is '' or ends with '/'), sorted.
+
+        A folder is a name with at least one object below it. Costs one directory read or one
+        delimiter listing (S3's CommonPrefixes), never a walk of everything below: this is how
+        runs are found without listing every result. Backends override this fallback.
+        """
+        base = validate_folder_prefix(prefix)
+        names = {info.key[len(base) :].split("/", 1)[0] for info in self.list(base) if "/" in info.key[len(base) :]}
+        yield from sorted(names)
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

@@ -26,6 +26,7 @@ from storage_backends.base import (
     ObjectInfo,
     Storage,
     StorageUnavailableError,
+    validate_folder_prefix,
     validate_key,
     validate_prefix,
 )
@@ -52,11 +53,17 @@ def _current_umask() -> int:
 
 
 class LocalStorage(Storage):
-    """Objects are files under `root`; writes go to a temp file, fsync, then rename."""
+    """Objects are files under `root`; writes go to a temp file, fsync, then rename.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    With ``fsync=False`` (a bulk copy such as `tokenlens fetch`, which syncs the filesystem in
+    batches itself) writes are still atomic for readers, but reach the disk when the system
+    flushes them: after a crash a recent file may be missing or short.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(os.path.realpath(Path(root).expanduser()))
         self.url = str(self.root)
+        self.fsync = fsync
         self._file_mode = FILE_MODE & ~_current_umask()
 
     # paths -------------------------------------------------------------------------------------------------
@@ -114,7 +121,8 @@ class LocalStorage(Storage):
                 os.fchmod(tmp.fileno(), self._file_mode)
                 tmp.write(data)
                 tmp.flush()
-                os.fsync(tmp.fileno())
+                if self.fsync:
+                    os.fsync(tmp.fileno())
             if if_absent:
                 # link() fails if the target exists, atomically: exactly one
                 # concurrent create-only writer wins, as on S3 with If-None-Match.
@@ -124,7 +132,8 @@ class LocalStorage(Storage):
                     raise AlreadyExistsError(f"{key} already exists in {self.url}") from None
             else:
                 os.replace(tmp_name, path)
-            _fsync_dir(path.parent)
+            if self.fsync:
+                _fsync_dir(path.parent)
         except OSError as exc:
             raise StorageUnavailableError(f"can't write {key} in {self.url} ({exc.strerror or exc})") from None
         finally:
@@ -179,6 +188,19 @@ class LocalStorage(Storage):
                     with contextlib.suppress(FileNotFoundError):  # removed since the walk saw it
                         found.append(ObjectInfo(key=key, size=full.stat().st_size))
         yield from sorted(found, key=lambda info: info.key)
+
+    def list_dirs(self, prefix: str = "") -> Iterator[str]:
+        # One scandir of the folder the prefix names: finding runs never walks their results.
+        folder = self.root.joinpath(*validate_folder_prefix(prefix).split("/")[:-1]) if prefix else self.root
+        if not folder.is_dir() or not self._inside(folder):
+            return
+        names = []
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(folder) as entries:
+            for entry in entries:
+                # follow_symlinks=False: a linked directory is never listed, wherever it points.
+                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                    names.append(entry.name)
+        yield from sorted(names)
 
     def delete(self, key: str) -> None:
         path = self.root.joinpath(*validate_key(key).split("/"))

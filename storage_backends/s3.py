@@ -31,6 +31,7 @@ from storage_backends.base import (
     Storage,
     StorageError,
     StorageUnavailableError,
+    validate_folder_prefix,
     validate_key,
     validate_prefix,
 )
@@ -335,6 +336,22 @@ class S3Storage(Storage):
             if not page.get("IsTruncated"):
                 return
             params = {**params, "ContinuationToken": page["NextContinuationToken"]}
+
+    def list_dirs(self, prefix: str = "") -> Iterator[str]:
+        # A delimiter listing: one entry per folder (CommonPrefixes), not one per object below it.
+        full_prefix = self.prefix + validate_folder_prefix(prefix)
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix, "Delimiter": "/"}
+        names: list[str] = []
+        while True:
+            page = self._call("list", prefix or None, functools.partial(self.client.list_objects_v2, **params))
+            for common in page.get("CommonPrefixes", []):
+                name = common["Prefix"][len(full_prefix) :].rstrip("/")
+                if name and "/" not in name and name not in (".", ".."):
+                    names.append(name)
+            if not page.get("IsTruncated"):
+                break
+            params = {**params, "ContinuationToken": page["NextContinuationToken"]}
+        yield from sorted(names)
 
     def delete(self, key: str) -> None:
         full_key = self._full_key(key)

@@ -296,6 +296,7 @@ def process_batch(
         for record in todo:
             fail(record.id, type(exc).__name__, str(exc), permanent=True)
         report.timings_s["total"] = time.perf_counter() - started
+        store.flush_progress()
         return report
 
     prepared: list[PromptInput] = []
@@ -351,4 +352,5 @@ def process_batch(
                 report.skipped.append(outcome.prompt_id)
                 notify(outcome.prompt_id, "skipped")
     report.timings_s["total"] = time.perf_counter() - started
+    store.flush_progress()  # the run's progress record counts this batch's results now
     return report

@@ -14,6 +14,7 @@ from pathlib import Path
 from storage_backends import Storage, open_storage
 from tokenlens.batch import PromptRecord
 from tokenlens.errors import TokenLensError
+from tokenlens.progress import start_record
 from tokenlens.prompt_sets import PromptSource, read_prompt_set
 from tokenlens.results import RunStore
 from tokenlens.schema import RunManifest
@@ -53,6 +54,7 @@ class RunPlan:
         """
         if not self.resumed:
             self.store.write_prompts(self.records)
+            start_record(self.store, self.manifest)  # counts start at zero, never rebuilt by a listing
             self.store.write_manifest(self.manifest)
 
 

@@ -31,6 +31,7 @@ from tokenlens.errors import TokenLensError
 from tokenlens.models import LoadedModel, load_model
 from tokenlens.pipeline import BatchReport, process_batch
 from tokenlens.plan import RESUME_IDENTITY, identity_mismatch
+from tokenlens.progress import start_record
 from tokenlens.result_codec import FORMAT_CHOICES, decode_result
 from tokenlens.results import RunStore
 from tokenlens.schema import AnalysisResult
@@ -138,6 +139,7 @@ class TokenAnalysisStorage:
                 self._known_prompts[spec.run_id] = store.read_prompts()
             else:
                 store.write_prompts(records)
+                start_record(store, manifest)  # counts come from the progress record, never a listing
                 store.write_manifest(manifest)  # last: a run is listed once it is whole
                 self._known_prompts[spec.run_id] = {record.id: record for record in records}
         known = self._known_prompts[spec.run_id]

@@ -10,9 +10,16 @@ directory that a symbolic link leads out of it. A result file is checked before 
 answered 422 and counted corrupt from then on. Responses carry the storage URL (which never holds credentials) and the
 stored files, nothing else about the server.
 
+Counts come from each run's progress record (`tokenlens.progress.run_counts`), so `/api/runs`, a run's counts
+and the first page of a run cost the same at 100,000 prompts as at 100. Run list, run page and counts carry an
+ETag and answer 304 to a matching If-None-Match, so a poll that finds nothing new costs no body.
+
     GET /api/health                                  the results URL being served
     GET /api/runs                                    every run: manifest summary and done/failed/pending counts
-    GET /api/runs/{run_id}                           one run: manifest, counts, every prompt with its status
+    GET /api/runs/{run_id}?offset=&limit=&status=&q= one run: manifest (no prompt id list), counts and one page of
+                                                     its prompts (search `q` in the text, `status` done / failed /
+                                                     pending / corrupt), `total` rows matching
+    GET /api/runs/{run_id}/counts                    one run's counts only (what a page polls)
     GET /api/runs/{run_id}/{kind}/{prompt_id}        a stored file (kind: results, inseq, errors); a result in any
                                                      format or revision (compact, seed files) as plain TokenLens JSON
     GET /api/compare?run_id=R&prompt_id=P            the same prompt in other runs (by prompt id, else by text)
@@ -22,6 +29,8 @@ stored files, nothing else about the server.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import asdict
@@ -50,7 +59,7 @@ from tokenlens.batch import check_safe_id
 from tokenlens.errors import RunNotFoundError, RunUnreadableError, TokenLensError
 from tokenlens.result_codec import ResultFormatError, as_plain_json
 from tokenlens.results import KINDS
-from tokenlens.run_reader import CorruptResultError, PromptNotInRunError, RunReader
+from tokenlens.run_reader import MAX_PAGE_ROWS, STATUSES, CorruptResultError, PromptNotInRunError, RunReader
 from ui.run_views_api import run_views_routes
 
 logger = logging.getLogger(__name__)
@@ -64,6 +73,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 READ_METHODS = ("GET", "HEAD")
 #: Below this many bytes a JSON body is sent uncompressed (gzip would not pay for itself).
 GZIP_MINIMUM_BYTES = 1024
+#: Rows of a run page when the request names no limit.
+DEFAULT_PAGE_ROWS = 100
 #: Result files are a few MB at most; level 5 compresses them ~5x at a fraction of level 9's CPU time.
 GZIP_LEVEL = 5
 #: Browser-side hardening for everything served: the app only talks to its own origin.
@@ -107,25 +118,74 @@ def _no_store(payload: Any) -> JSONResponse:
     return JSONResponse(payload, headers={"cache-control": "no-store"})
 
 
+def _etag_of(*parts: Any) -> str:
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return f'W/"{digest}"'
+
+
+def _revalidated(request: Request, etag: str, build: Callable[[], Any]) -> Response:
+    """304 if the client holds `etag` already, else the JSON `build()` makes; always revalidated, never stale."""
+    headers = {"cache-control": "no-cache", "etag": etag}
+    sent = request.headers.get("if-none-match", "")
+    if etag in (tag.strip() for tag in sent.split(",")):
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(build(), headers=headers)
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"query parameter {name}={value} is out of range ({low} to {high})")
+    return value
+
+
 def health(request: Request) -> JSONResponse:
     reader = _reader(request)
     return _no_store({"status": "ok", "results_url": reader.storage.url, "version": __version__})
 
 
-def runs(request: Request) -> JSONResponse:
+def runs(request: Request) -> Response:
     reader = _reader(request)
-    return _no_store({"results_url": reader.storage.url, "runs": [asdict(run) for run in reader.runs()]})
+    payload = {"results_url": reader.storage.url, "runs": [asdict(run) for run in reader.runs()]}
+    return _revalidated(request, _etag_of(payload), lambda: payload)
 
 
-def run_detail(request: Request) -> JSONResponse:
-    detail = _reader(request).run_detail(check_safe_id("run id", request.path_params["run_id"]))
-    return _no_store(
-        {
-            "run": asdict(detail.run),
-            "manifest": detail.manifest.model_dump(mode="json"),
-            "prompts": [asdict(prompt) for prompt in detail.prompts],
-        }
-    )
+def run_detail(request: Request) -> Response:
+    """One page of a run; its ETag is its counts and the page asked for (texts and run.json never change)."""
+    reader = _reader(request)
+    run_id = check_safe_id("run id", request.path_params["run_id"])
+    offset = _int_param(request, "offset", 0, 0, 10**9)
+    limit = _int_param(request, "limit", DEFAULT_PAGE_ROWS, 1, MAX_PAGE_ROWS)
+    status = request.query_params.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise ApiError(400, f"query parameter status={status!r} is not one of {', '.join(STATUSES)}")
+    query = request.query_params.get("q") or None
+    manifest = reader.header(run_id)
+    counts = reader.counts(run_id, manifest)
+    etag = _etag_of(run_id, manifest.created_at, asdict(counts), offset, limit, status, query)
+
+    def build() -> dict[str, Any]:
+        page = reader.run_page(run_id, offset=offset, limit=limit, status=status, q=query)
+        return asdict(page)
+
+    return _revalidated(request, etag, build)
+
+
+def run_counts(request: Request) -> Response:
+    """A run's summary and counts only: what the run page polls while the run is in flight."""
+    reader = _reader(request)
+    run_id = check_safe_id("run id", request.path_params["run_id"])
+    summary = reader.summary(run_id)
+    if summary is None:
+        raise RunNotFoundError(f"run {run_id!r} not found under {reader.storage.url}")
+    payload = {"run": asdict(summary)}
+    return _revalidated(request, _etag_of(payload), lambda: payload)
 
 
 def stored_file(request: Request) -> Response:
@@ -303,6 +363,7 @@ def create_app(storage: Storage, dist_dir: Path | None = None, allowed_hosts: It
         Route("/api/health", health, methods=list(READ_METHODS)),
         Route("/api/runs", runs, methods=list(READ_METHODS)),
         Route("/api/runs/{run_id}", run_detail, methods=list(READ_METHODS)),
+        Route("/api/runs/{run_id}/counts", run_counts, methods=list(READ_METHODS)),
         Route("/api/runs/{run_id}/{kind}/{prompt_id}", stored_file, methods=list(READ_METHODS)),
         Route("/api/compare", compare, methods=list(READ_METHODS)),
         *run_views_routes(),

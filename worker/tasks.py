@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from tokenlens.batch import BatchTask, PromptRecord, describe_validation_error
 from tokenlens.message_check import Refusal
-from tokenlens.queue import TASK_NAME, UNACKED_INDEX_KEY, RunQueue, queue_name
+from tokenlens.queue import TASK_NAME, UNACKED_INDEX_KEY, RunQueue, queue_name, session_of
 from tokenlens.results import RunStore
 from tokenlens.schema import ErrorRecord
 from worker.app import app
@@ -181,10 +181,6 @@ def run_batch(rt: WorkerRuntime, batch: BatchTask, batch_id: str) -> dict[str, A
     """Everything one delivery of a batch does; the return value shows in Flower's task result."""
     # Batches this worker queues (re-routed, handed back) are signed like the producer's.
     run_queue = RunQueue(rt.broker, batch.run_id, signing_key=rt.settings.queue_key)
-    if run_queue.is_cancelled():
-        run_queue.mark_finished(batch_id)
-        log.info("batch %s of run %s dropped: the run was cancelled", batch_id, batch.run_id)
-        return {"cancelled": True}
     right_queue = queue_name(batch.model)
     if right_queue != rt.queue:
         # Only possible when an operator points a worker at another model's queue: route it where it belongs.
@@ -195,12 +191,17 @@ def run_batch(rt: WorkerRuntime, batch: BatchTask, batch_id: str) -> dict[str, A
         return {"rerouted": right_queue}
 
     started = time.perf_counter()
-    run_queue.mark_taken(batch_id, len(batch.prompts))
+    # One O(1) call: the batch is dropped here if its run was cancelled or submitted again since it was queued.
+    taken = run_queue.take(batch_id, len(batch.prompts))
+    if taken != "taken":
+        why = "the run was cancelled" if taken == "cancelled" else "the run was submitted again since"
+        log.info("batch %s of run %s dropped: %s", batch_id, batch.run_id, why)
+        return {taken: True}
     outcome, stop = _attribute(rt, batch, run_queue)
     if outcome.retry and stop.reason != "cancelled":
         retry_ids = set(outcome.retry)
         handed_back = batch.model_copy(update={"prompts": [p for p in batch.prompts if p.id in retry_ids]})
-        run_queue.enqueue([handed_back], rt.queue)
+        run_queue.enqueue([handed_back], rt.queue, session=session_of(batch_id))
     run_queue.mark_finished(batch_id)
     elapsed_s = time.perf_counter() - started
     if rt.metrics is not None:

@@ -30,7 +30,7 @@ TOKENLENS = str(Path(sys.executable).with_name("tokenlens"))
 CELERY = str(Path(sys.executable).with_name("celery"))
 #: Short leases so a lost batch comes back within seconds in tests.
 TEST_LEASE_TIMEOUT_S = 15
-BATCH_LINE = re.compile(r"batch (\w+) run (\S+): done=(\S+) skipped=(\S+) failed=(\S+) retry=(\S+)")
+BATCH_LINE = re.compile(r"batch ([\w-]+) run (\S+): done=(\S+) skipped=(\S+) failed=(\S+) retry=(\S+)")
 
 
 def worker_env(**extra: str) -> dict[str, str]:

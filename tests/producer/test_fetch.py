@@ -52,7 +52,9 @@ def populate_run(
             ErrorRecord(run_id=run_id, prompt_id=prompt_id, prompt="p", error_type="PromptTooLongError", message="long")
         )
     prefix = f"runs/{run_id}/"
-    return {info.key[len("runs/") :]: storage.get(info.key) for info in storage.list(prefix)}
+    # The progress record (runs/<id>/progress/) is bookkeeping for counting, not a file of the run: not fetched.
+    listed = [info for info in storage.list(prefix) if not info.key.startswith(f"{prefix}progress/")]
+    return {info.key[len("runs/") :]: storage.get(info.key) for info in listed}
 
 
 def files_under(directory: Path) -> dict[str, bytes]:

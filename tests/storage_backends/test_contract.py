@@ -115,6 +115,20 @@ def test_list_with_prefix_is_sorted_and_exact(storage: Storage) -> None:
     assert list(storage.list("runs/zzz/")) == []
 
 
+def test_list_dirs_names_only_the_folders_directly_under_a_prefix(storage: Storage) -> None:
+    for key in ("runs/b/run.json", "runs/a/results/p1.json", "runs/a/run.json", "runs/c/results/x/deep.json",
+                "runs/top.json", "other/z.json"):  # fmt: skip
+        storage.put(key, b"x")
+    assert list(storage.list_dirs("runs/")) == ["a", "b", "c"]  # sorted; a file at that level is no folder
+    assert list(storage.list_dirs("")) == ["other", "runs"]
+    assert list(storage.list_dirs("runs/a/")) == ["results"]
+    assert list(storage.list_dirs("runs/none/")) == []
+    with pytest.raises(InvalidKeyError, match="must end with '/'"):
+        list(storage.list_dirs("runs"))
+    with pytest.raises(InvalidKeyError):
+        list(storage.list_dirs("../"))
+
+
 def test_md5_matches_content(storage: Storage) -> None:
     storage.put("runs/r1/results/p1.json", b'{"x": 1}')
     expected = hashlib.md5(b'{"x": 1}').hexdigest()

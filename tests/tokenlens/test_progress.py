@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from starlette.testclient import TestClient
 
 from producer.cli import describe_status
 from producer.fetch import describe_runs
 from producer.submit import run_status
-from storage_backends import LocalStorage
+from storage_backends import LocalStorage, ObjectInfo
 from tests.fixtures.redis_server import free_port
 from tests.ui.sample_runs import make_result
-from tokenlens.progress import RunCounts, read_progress
+from tokenlens import progress
+from tokenlens.progress import RunCounts, mark_cancelled, read_progress, run_counts, start_record
 from tokenlens.results import RunStore
 from tokenlens.schema import ErrorRecord, RunManifest
 from ui.http_api import create_app
@@ -72,3 +77,132 @@ def test_status_runs_and_the_ui_agree_on_the_same_run(tmp_path: Path) -> None:
         assert (summary["pending"], summary["complete"]) == (1, False)
     statuses = {p["prompt_id"]: p["status"] for p in detail["prompts"]}
     assert statuses == {"a": "done", "b": "failed", "c": "pending", "extra": "done"}
+
+
+class CountingStorage(LocalStorage):
+    """A real local storage that counts the listings it serves (to prove what a count does not read)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.listed: list[str] = []
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self.listed.append(prefix)
+        return super().list(prefix)
+
+
+def _new_run(storage: LocalStorage, run_id: str, prompt_count: int) -> RunStore:
+    store = RunStore(storage, run_id)
+    manifest = RunManifest(
+        run_id=run_id, model="m", method="saliency", prompt_count=prompt_count,
+        prompt_ids=[f"p{i}" for i in range(prompt_count)],
+    )  # fmt: skip
+    start_record(store, manifest)
+    store.write_manifest(manifest)
+    return store
+
+
+def _fail(store: RunStore, prompt_id: str) -> None:
+    store.write_error(ErrorRecord(run_id=store.run_id, prompt_id=prompt_id, prompt="p", error_type="E", message="x"))
+
+
+def test_counts_come_from_the_progress_record_without_listing_results(tmp_path: Path) -> None:
+    storage = CountingStorage(tmp_path)
+    store = _new_run(storage, "recorded", 5)
+    for prompt_id in ("p0", "p1", "p2"):
+        store.write_result(make_result("recorded", prompt_id, f"prompt {prompt_id}"))
+    _fail(store, "p3")
+    _fail(store, "p3")  # rewritten: still one failed prompt
+    storage.listed.clear()
+    counts = run_counts(store)
+    assert counts == RunCounts(prompt_count=5, done=3, failed=1, corrupt=0)
+    assert storage.listed == ["runs/recorded/progress/"], "only the record's few objects are listed"
+    assert counts == read_progress(store).counts, "the record agrees with the listing rule"
+
+    # A failed prompt that succeeds on resume: its error is cleared, the result counted once.
+    store.clear_error("p3")
+    store.write_result(make_result("recorded", "p3", "prompt p3"))
+    store.write_result(make_result("recorded", "p3", "prompt p3"))  # a redelivered batch: create-only, not counted
+    assert run_counts(store) == RunCounts(prompt_count=5, done=4, failed=0, corrupt=0) == read_progress(store).counts
+
+
+def test_a_second_writer_process_keeps_its_own_tally(tmp_path: Path) -> None:
+    store = _new_run(LocalStorage(tmp_path), "two-writers", 4)
+    store.write_result(make_result("two-writers", "p0", "prompt p0"))
+    child = subprocess.run(
+        [sys.executable, "-c", (
+            "import sys; from storage_backends import LocalStorage; from tokenlens.results import RunStore;"
+            "from tests.ui.sample_runs import make_result;"
+            "store = RunStore(LocalStorage(sys.argv[1]), 'two-writers');"
+            "[store.write_result(make_result('two-writers', p, 'prompt ' + p)) for p in ('p1', 'p2')]"
+        ), str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr[-2000:]
+    tallies = [info.key for info in LocalStorage(tmp_path).list("runs/two-writers/progress/w-")]
+    assert len(tallies) == 2
+    assert run_counts(store) == RunCounts(prompt_count=4, done=3, failed=0, corrupt=0)
+
+
+def test_a_missing_record_is_rebuilt_once_from_storage(tmp_path: Path) -> None:
+    storage = CountingStorage(tmp_path)
+    store = write_mixed_run(tmp_path)  # written without a record, like a run from before it existed
+    store = RunStore(storage, "mixed")
+    assert run_counts(store) == RunCounts(prompt_count=4, done=2, failed=1, corrupt=0)
+    assert "runs/mixed/results/" in storage.listed
+    storage.listed.clear()
+    assert run_counts(store) == RunCounts(prompt_count=4, done=2, failed=1, corrupt=0)
+    assert storage.listed == ["runs/mixed/progress/"], "rebuilt once, then read from the record"
+
+
+def test_a_result_whose_tally_was_lost_is_caught_up_when_the_run_goes_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = LocalStorage(tmp_path)
+    store = _new_run(storage, "crashed", 3)
+    store.write_result(make_result("crashed", "p0", "prompt p0"))
+    # A writer killed between creating a result and storing its tally: storage has it, the record does not.
+    raw = store.read_result_bytes("p0").replace(b'"p0"', b'"p1"').replace(b"prompt p0", b"prompt p1")
+    storage.put(store.key("results", "p1"), raw)
+    assert run_counts(store).done == 1, "while writers are active the record is trusted"
+    monkeypatch.setattr(progress, "QUIET_S", 0.0)
+    assert run_counts(store).done == 2, "quiet since the last change: rebuilt from storage once"
+    storage.put(store.key("results", "p2"), raw.replace(b'"p1"', b'"p2"'))
+    monkeypatch.setattr(progress, "QUIET_S", 3600.0)
+    assert run_counts(store).done == 2, "no change since the rebuild, and not quiet long enough: no listing"
+
+
+def test_a_removed_corrupt_result_is_not_counted_twice(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    store = _new_run(storage, "healed", 2)
+    storage.put(store.key("results", "p0"), b"")  # truncated by hand: the listing rule counts it corrupt
+    read_progress(store)  # e.g. `tokenlens status --verify`: the record is rebuilt with it
+    assert run_counts(store) == RunCounts(prompt_count=2, done=0, failed=0, corrupt=1)
+    store.delete_result("p0")  # a resume removes it ...
+    store.write_result(make_result("healed", "p0", "prompt p0"))  # ... and attributes it again
+    assert run_counts(store) == RunCounts(prompt_count=2, done=1, failed=0, corrupt=0) == read_progress(store).counts
+
+
+def test_a_cancelled_run_says_so_to_readers_without_redis(tmp_path: Path) -> None:
+    store = _new_run(LocalStorage(tmp_path), "stopped", 3)
+    store.write_result(make_result("stopped", "p0", "prompt p0"))
+    mark_cancelled(store, True)
+    assert run_counts(store).cancelled and read_progress(store).counts.cancelled
+    with TestClient(create_app(LocalStorage(tmp_path))) as client:
+        run = client.get("/api/runs/stopped/counts").json()["run"]
+    assert run["cancelled"] is True and run["pending"] == 2
+    mark_cancelled(store, False)  # a resume
+    assert not run_counts(store).cancelled
+
+
+def test_a_runs_summary_is_read_without_its_prompt_id_list(tmp_path: Path) -> None:
+    store = _new_run(LocalStorage(tmp_path), "light", 50)
+    full, light = store.read_manifest(), store.read_manifest(prompt_ids=False)
+    assert len(full.prompt_ids) == 50 and light.prompt_ids == []
+    assert light.model_copy(update={"prompt_ids": full.prompt_ids}) == full
+    # A "source" that spells the key out is never where the list is cut.
+    odd = full.model_copy(update={"run_id": "odd", "source": '"prompt_ids": [x]'})
+    LocalStorage(tmp_path).put("runs/odd/run.json", odd.model_dump_json().encode())
+    assert RunStore(LocalStorage(tmp_path), "odd").read_manifest(prompt_ids=False) == odd.model_copy(
+        update={"prompt_ids": []}
+    )

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from storage_backends import LocalStorage
-from tests.ui.sample_runs import write_big_result
+from tests.ui.sample_runs import SamplePrompt, write_big_result, write_run
 from tests.ui.ui_process import REPO_ROOT, TOKENLENS, running_ui
+from tokenlens.batch import PromptRecord
 
 WEB_DIR = REPO_ROOT / "ui" / "web"
 ARTIFACTS_DIR = REPO_ROOT / "tests" / "artifacts"
@@ -33,6 +34,8 @@ PROMPTS = [
 ]
 RUNS = {"e2e-saliency": "saliency", "e2e-ixg": "input_x_gradient"}
 BIG_RUN = "e2e-large"
+#: A run of 250 prompts (200 done, 50 pending): the run page shows it 100 rows at a time.
+PAGED_RUN = "e2e-paged"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -90,6 +93,9 @@ def test_the_ui_in_a_browser_on_real_runs(tmp_path: Path) -> None:
     prompts_file.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     _make_runs(results, prompts_file)
     write_big_result(LocalStorage(results), BIG_RUN, n_words=1000, n_out=250)
+    paged = [SamplePrompt(f"q{i:04d}", f"Paged prompt number {i}, about topic {i % 7}") for i in range(250)]
+    store = write_run(LocalStorage(results), PAGED_RUN, paged, done=200, n_out=3)
+    store.write_prompts([PromptRecord(id=p.prompt_id, prompt=p.prompt) for p in paged])
     ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
     for stale in ("result-page.png", "compare-page.png", "large-result.png"):
         (ARTIFACTS_DIR / stale).unlink(missing_ok=True)
@@ -101,6 +107,7 @@ def test_the_ui_in_a_browser_on_real_runs(tmp_path: Path) -> None:
             "TOKENLENS_E2E_RESULTS": str(results),
             "TOKENLENS_E2E_RUNS": ",".join(RUNS),
             "TOKENLENS_E2E_BIG_RUN": BIG_RUN,
+            "TOKENLENS_E2E_PAGED_RUN": PAGED_RUN,
             "TOKENLENS_E2E_ARTIFACTS": str(ARTIFACTS_DIR),
             "CHROMIUM_PATH": CHROMIUM,
             "CI": "1",  # Playwright: no interactive report server
@@ -110,7 +117,7 @@ def test_the_ui_in_a_browser_on_real_runs(tmp_path: Path) -> None:
         )
     sys.stdout.write(done.stdout[-6000:])
     assert done.returncode == 0, f"the Playwright spec failed:\n{done.stdout[-12000:]}\n{done.stderr[-4000:]}"
-    assert "7 passed" in done.stdout
+    assert "8 passed" in done.stdout
     for name in ("result-page.png", "compare-page.png", "large-result.png"):
         screenshot = ARTIFACTS_DIR / name
         assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{screenshot} is not a PNG"

@@ -61,7 +61,8 @@ def test_health_names_the_results_url(client: TestClient, populated: Storage) ->
 def test_runs_lists_every_run_newest_first_with_progress(client: TestClient) -> None:
     response = client.get("/api/runs")
     assert response.status_code == 200
-    assert response.headers["cache-control"] == "no-store"
+    # Always revalidated (never answered from a cache), with an ETag so an unchanged answer costs no body.
+    assert response.headers["cache-control"] == "no-cache" and response.headers["etag"]
     runs = response.json()["runs"]
     assert [r["run_id"] for r in runs] == ["run-live", "run-ixg", "run-sal"]
     by_id = {r["run_id"]: r for r in runs}
@@ -125,6 +126,52 @@ def test_a_result_wins_over_a_stale_error_record(client: TestClient, populated: 
     prompts = {p["prompt_id"]: p for p in client.get("/api/runs/run-sal").json()["prompts"]}
     assert prompts["p4"]["status"] == "done"
     assert prompts["p4"]["error"] is None
+
+
+def test_run_page_is_paginated_searchable_and_filterable(client: TestClient) -> None:
+    body = client.get("/api/runs/run-sal", params={"offset": 1, "limit": 2}).json()
+    assert [p["prompt_id"] for p in body["prompts"]] == ["p2", "p3"]
+    assert (body["total"], body["offset"], body["limit"]) == (4, 1, 2)
+    assert "prompt_ids" not in body["manifest"], "no prompt-id list in a response"
+    failed = client.get("/api/runs/run-sal", params={"status": "failed"}).json()
+    assert [p["prompt_id"] for p in failed["prompts"]] == ["p4"] and failed["total"] == 1
+    assert failed["prompts"][0]["error"]["error_type"] == "PromptTooLongError"
+    found = client.get("/api/runs/run-sal", params={"q": "PARIS"}).json()
+    assert [p["prompt_id"] for p in found["prompts"]] == ["p2"], "search is in the prompt text, any case"
+    pending = client.get("/api/runs/run-live", params={"status": "pending", "limit": 2}).json()
+    assert [p["prompt_id"] for p in pending["prompts"]] == ["p2", "p3"] and pending["total"] == 3
+    assert [p["status"] for p in pending["prompts"]] == ["pending", "pending"]
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"limit": "ten"}, "limit"),
+        ({"offset": "-1"}, "offset"),
+        ({"limit": "0"}, "limit"),
+        ({"status": "odd"}, "status"),
+    ],
+)
+def test_bad_page_parameters_are_a_400_naming_them(client: TestClient, params: dict[str, str], named: str) -> None:
+    response = client.get("/api/runs/run-sal", params=params)
+    assert response.status_code == 400
+    assert named in response.json()["error"]
+
+
+def test_counts_endpoint_and_etags_answer_304_until_the_run_changes(client: TestClient, populated: Storage) -> None:
+    counts = client.get("/api/runs/run-live/counts")
+    assert counts.status_code == 200
+    assert set(counts.json()) == {"run"} and counts.json()["run"]["done"] == 1
+    page = client.get("/api/runs/run-live")
+    for url, first in (("/api/runs/run-live/counts", counts), ("/api/runs/run-live", page), ("/api/runs", None)):
+        first = first or client.get(url)
+        again = client.get(url, headers={"if-none-match": first.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+    RunStore(populated, "run-live").write_result(make_result("run-live", "p2", PROMPTS[1].prompt))
+    changed = client.get("/api/runs/run-live/counts", headers={"if-none-match": counts.headers["etag"]})
+    assert changed.status_code == 200 and changed.json()["run"]["done"] == 2
+    assert client.get("/api/runs/run-live", headers={"if-none-match": page.headers["etag"]}).status_code == 200
+    assert client.get("/api/runs/no-such-run/counts").status_code == 404
 
 
 def test_unknown_run_is_a_404_that_says_how_to_list_runs(client: TestClient) -> None:

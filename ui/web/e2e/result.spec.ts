@@ -18,12 +18,14 @@ interface ResultFile {
 const resultsDir = process.env.TOKENLENS_E2E_RESULTS ?? "";
 const [baseRun, otherRun] = (process.env.TOKENLENS_E2E_RUNS ?? "").split(",");
 const bigRun = process.env.TOKENLENS_E2E_BIG_RUN ?? "";
+const pagedRun = process.env.TOKENLENS_E2E_PAGED_RUN ?? "";
 const artifacts = process.env.TOKENLENS_E2E_ARTIFACTS ?? "../../tests/artifacts";
 
 test.beforeAll(() => {
-  if (!resultsDir || !baseRun || !otherRun || !bigRun) {
+  if (!resultsDir || !baseRun || !otherRun || !bigRun || !pagedRun) {
     throw new Error(
-      "set TOKENLENS_E2E_RESULTS, TOKENLENS_E2E_RUNS=run1,run2 and TOKENLENS_E2E_BIG_RUN (tests/ui/test_e2e_browser.py does)",
+      "set TOKENLENS_E2E_RESULTS, TOKENLENS_E2E_RUNS=run1,run2, TOKENLENS_E2E_BIG_RUN and TOKENLENS_E2E_PAGED_RUN " +
+        "(tests/ui/test_e2e_browser.py does)",
     );
   }
 });
@@ -96,6 +98,29 @@ test("the run page lists the prompts and finds one by its text", async ({ page }
   await expect(page).toHaveURL(/\?q=/);
   await page.locator(`tr[data-prompt="${promptId}"] a`, { hasText: promptId }).click();
   await expect(page).toHaveURL(new RegExp(`/runs/${baseRun}/${promptId}$`));
+});
+
+test("a large run's page shows 100 rows at a time, filtered and searched on the server", async ({ page }) => {
+  const rows = page.locator("tbody tr");
+  await page.goto(`/runs/${pagedRun}`);
+  await expect(rows).toHaveCount(100);
+  await expect(rows.first()).toHaveAttribute("data-prompt", "q0000");
+  await expect(page.getByText(/1–100 of 250/)).toBeVisible();
+  await page.getByRole("button", { name: "Next" }).click();
+  await expect(page).toHaveURL(/\?page=2$/);
+  await expect(rows.first()).toHaveAttribute("data-prompt", "q0100");
+  await page.getByRole("group", { name: /filter by status/i }).getByRole("button", { name: /Pending/ }).click();
+  await expect(page).toHaveURL(/\?status=pending$/);
+  await expect(rows).toHaveCount(50);
+  await expect(rows.first()).toHaveAttribute("data-prompt", "q0200");
+  await expect(page.locator('tbody tr[data-status="pending"]')).toHaveCount(50);
+  await page.getByRole("searchbox").fill("number 217,");
+  await expect(rows).toHaveCount(1);
+  await expect(rows.first()).toHaveAttribute("data-prompt", "q0217");
+  // No prompt-id list travels with a page.
+  const body = await (await page.request.get(`/api/runs/${pagedRun}?limit=5`)).json();
+  expect(body.manifest.prompt_ids).toBeUndefined();
+  expect(body.prompts).toHaveLength(5);
 });
 
 test("hovering an output token highlights its sources as in the file, strongest most", async ({ page }) => {

@@ -24,6 +24,8 @@ export interface RunSummary {
   corrupt: number;
   pending: number;
   complete: boolean;
+  /** Stopped by `tokenlens cancel` until a resume: nothing more will come. */
+  cancelled?: boolean;
   /** Set, with nothing else but run_id, when the run's run.json can't be read. */
   error?: string;
 }
@@ -49,10 +51,31 @@ export interface PromptEntry {
   error: PromptError | null;
 }
 
+/** One page of a run (GET /api/runs/{id}?offset&limit&status&q): `total` rows match the search and filter. */
 export interface RunDetail {
   run: RunSummary;
   manifest: Record<string, unknown> & { method_params?: Record<string, unknown>; generation_params?: Record<string, unknown> };
   prompts: PromptEntry[];
+  total: number;
+  offset: number;
+  limit: number;
+}
+
+/** A run's counts only (GET /api/runs/{id}/counts): what the run page polls. */
+export interface RunCountsResponse {
+  run: RunSummary;
+}
+
+export interface RunPageQuery {
+  offset: number;
+  limit: number;
+  status?: PromptStatus;
+  q?: string;
+}
+
+/** Whether more results can still arrive: prompts pending and not cancelled (a corrupt one waits for a resume). */
+export function runIsLive(run: RunSummary): boolean {
+  return !run.error && run.pending > 0 && !run.cancelled;
 }
 
 export interface CompareEntry {
@@ -79,6 +102,13 @@ const enc = encodeURIComponent;
 export const urls = {
   runs: () => "/api/runs",
   run: (runId: string) => `/api/runs/${enc(runId)}`,
+  runPage: (runId: string, page: RunPageQuery) => {
+    const params = new URLSearchParams({ offset: String(page.offset), limit: String(page.limit) });
+    if (page.status) params.set("status", page.status);
+    if (page.q) params.set("q", page.q);
+    return `/api/runs/${enc(runId)}?${params.toString()}`;
+  },
+  runCounts: (runId: string) => `/api/runs/${enc(runId)}/counts`,
   result: (runId: string, promptId: string) => `/api/runs/${enc(runId)}/results/${enc(promptId)}`,
   resultDownload: (runId: string, promptId: string) => `/api/runs/${enc(runId)}/results/${enc(promptId)}?download=1`,
   compare: (runId: string, promptId: string) => `/api/compare?run_id=${enc(runId)}&prompt_id=${enc(promptId)}`,

@@ -1,7 +1,19 @@
 // Fetch a JSON endpoint and keep it fresh: re-fetch after `nextPollMs(data)` milliseconds (null: stop) while the
-// tab is visible, so a run in progress shows its progress without a reload.
+// tab is visible, so a run in progress shows its progress without a reload. A slow answer backs polling off: the
+// next request waits at least BACKOFF_FACTOR times as long as the last one took, so a busy server (a huge run,
+// a slow S3) is asked less often instead of being kept busy by its own pages.
 import { useCallback, useEffect, useRef, useState } from "react";
 import { getJson } from "./api";
+
+/** The next poll waits at least this many times as long as the last answer took. */
+export const BACKOFF_FACTOR = 10;
+/** ... but never longer than this between polls. */
+export const MAX_POLL_MS = 60000;
+
+/** How long to wait before the next poll: what the page asked for, backed off by how long the last answer took. */
+export function pollDelayMs(requestedMs: number, lastAnswerMs: number): number {
+  return Math.min(Math.max(requestedMs, lastAnswerMs * BACKOFF_FACTOR), Math.max(requestedMs, MAX_POLL_MS));
+}
 
 export interface Polled<T> {
   data: T | null;
@@ -33,13 +45,14 @@ export function usePolling<T>(url: string, nextPollMs: (data: T) => number | nul
         if (document.visibilityState !== "hidden") setTick((t) => t + 1);
       }, delayMs);
     };
+    const startedMs = performance.now();
     getJson<T>(url, controller.signal)
       .then((fresh) => {
         setData(fresh);
         setError(null);
         setLoading(false);
         const delayMs = nextRef.current(fresh);
-        if (delayMs !== null) again(delayMs);
+        if (delayMs !== null) again(pollDelayMs(delayMs, performance.now() - startedMs));
       })
       .catch((failure: Error) => {
         if (failure.name === "AbortError") return;

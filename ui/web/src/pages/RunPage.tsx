@@ -1,54 +1,63 @@
-// `/runs/<run_id>`: one run's prompts, searchable by text or id and filterable by status, with the reason each
-// failed prompt failed. Search and filter live in the URL (?q=...&status=...), so a view can be shared.
-import { useMemo, useState } from "react";
+// `/runs/<run_id>`: one page of a run's prompts, searched by text or id and filtered by status on the server, with
+// the reason each failed prompt failed. Search, filter and page live in the URL (?q=...&status=...&page=...), so a
+// view can be shared. While the run is in flight only its counts are polled (a few bytes); the page is fetched
+// again when they change. A finished or cancelled run is not polled.
+import { useEffect, useRef } from "react";
 import { Breadcrumbs, formatTime, Loading, Notice, ProgressBar, runStatus, StatusBadge } from "../components/Common";
-import { urls, type PromptStatus, type RunDetail } from "../lib/api";
+import { runIsLive, urls, type PromptStatus, type RunCountsResponse, type RunDetail, type RunSummary } from "../lib/api";
 import { Link, navigate, paths, useLocation } from "../lib/router";
 import { usePolling } from "../lib/usePolling";
 import { LIVE_POLL_MS } from "./RunsPage";
 
-const PAGE_SIZE = 100;
+export const PAGE_SIZE = 100;
 const FILTERS: ("all" | PromptStatus)[] = ["all", "done", "failed", "corrupt", "pending"];
 
+const countsKey = (run: RunSummary) => `${run.done}/${run.failed}/${run.corrupt}/${run.pending}/${Boolean(run.cancelled)}`;
+
 export function RunPage({ runId }: { runId: string }) {
-  const { data, error, loading } = usePolling<RunDetail>(urls.run(runId), (fresh) =>
-    fresh.run.complete ? null : LIVE_POLL_MS,
-  );
   const { search } = useLocation();
   const query = search.get("q") ?? "";
   const statusParam = search.get("status");
   const status = (FILTERS as string[]).includes(statusParam ?? "") ? (statusParam as (typeof FILTERS)[number]) : "all";
-  const [shown, setShown] = useState(PAGE_SIZE);
+  const pageNumber = Math.max(1, Math.floor(Number(search.get("page") ?? "1")) || 1);
+  const offset = (pageNumber - 1) * PAGE_SIZE;
 
-  const setParams = (q: string, s: string) => {
+  const live = usePolling<RunCountsResponse>(urls.runCounts(runId), (fresh) =>
+    runIsLive(fresh.run) ? LIVE_POLL_MS : null,
+  );
+  const pageUrl = urls.runPage(runId, {
+    offset,
+    limit: PAGE_SIZE,
+    status: status === "all" ? undefined : status,
+    q: query.trim() || undefined,
+  });
+  const { data: fresh, error, loading, reload } = usePolling<RunDetail>(pageUrl, () => null);
+  // While the next page or search loads, the last one stays on screen (the table does not blink per keystroke).
+  const previous = useRef<RunDetail | null>(null);
+  if (fresh) previous.current = fresh;
+  const data = fresh ?? (previous.current?.run.run_id === runId ? previous.current : null);
+  const run = live.data?.run ?? data?.run;
+  // New results since the page was read: read it again (its rows' statuses changed).
+  const stale = live.data && data && countsKey(live.data.run) !== countsKey(data.run);
+  useEffect(() => {
+    if (stale) reload();
+  }, [stale, reload]);
+
+  const setParams = (q: string, s: string, page = 1) => {
     const params = new URLSearchParams();
     if (q) params.set("q", q);
     if (s !== "all") params.set("status", s);
+    if (page > 1) params.set("page", String(page));
     const qs = params.toString();
     navigate(`${paths.run(runId)}${qs ? `?${qs}` : ""}`, { replace: true });
-    setShown(PAGE_SIZE);
   };
 
-  const counts = useMemo(() => {
-    const c: Record<string, number> = { all: 0, done: 0, failed: 0, corrupt: 0, pending: 0 };
-    for (const p of data?.prompts ?? []) {
-      c.all++;
-      c[p.status]++;
-    }
-    return c;
-  }, [data]);
-
-  const filtered = useMemo(() => {
-    const needle = query.trim().toLowerCase();
-    return (data?.prompts ?? []).filter(
-      (p) =>
-        (status === "all" || p.status === status) &&
-        (!needle ||
-          p.prompt_id.toLowerCase().includes(needle) ||
-          (p.prompt ?? "").toLowerCase().includes(needle) ||
-          (p.error?.message ?? "").toLowerCase().includes(needle)),
-    );
-  }, [data, query, status]);
+  const counts: Record<string, number> = run
+    ? { all: run.prompt_count, done: run.done, failed: run.failed, corrupt: run.corrupt, pending: run.pending }
+    : { all: 0, done: 0, failed: 0, corrupt: 0, pending: 0 };
+  const rows = data?.prompts ?? [];
+  const total = data?.total ?? 0;
+  const pages = Math.max(1, Math.ceil(total / PAGE_SIZE));
 
   const manifest = data?.manifest;
   const params = manifest ? { ...(manifest.generation_params ?? {}), ...(manifest.method_params ?? {}) } : {};
@@ -58,34 +67,35 @@ export function RunPage({ runId }: { runId: string }) {
       <Breadcrumbs items={[{ label: "Runs", to: paths.runs() }, { label: runId }]} />
       {error && <Notice kind="error">{error.message}</Notice>}
       {loading && !data && <Loading what="the run" />}
-      {data && (
+      {data && run && (
         <>
           <header className="page-header">
             <h1 className="mono">{runId}</h1>
             <div className="meta-row">
-              <StatusBadge status={runStatus(data.run)} />
+              <StatusBadge status={runStatus(run)} />
+              {run.cancelled && <span className="badge badge-pending">cancelled</span>}
               <span className="meta">
-                <span className="muted">model</span> <span className="mono">{data.run.model}</span>
+                <span className="muted">model</span> <span className="mono">{run.model}</span>
               </span>
               <span className="meta">
-                <span className="muted">method</span> {data.run.method}
-                {data.run.engine !== "auto" && <span className="muted"> ({data.run.engine})</span>}
+                <span className="muted">method</span> {run.method}
+                {run.engine !== "auto" && <span className="muted"> ({run.engine})</span>}
               </span>
               {Object.entries(params).map(([key, value]) => (
                 <span className="meta" key={key}>
                   <span className="muted">{key}</span> <span className="mono">{JSON.stringify(value)}</span>
                 </span>
               ))}
-              <span className="meta muted">created {formatTime(data.run.created_at)}</span>
+              <span className="meta muted">created {formatTime(run.created_at)}</span>
               <Link to={paths.insights(runId)} className="meta">Insights: the whole run</Link>
             </div>
-            <ProgressBar run={data.run} />
+            <ProgressBar run={run} />
           </header>
           <div className="toolbar">
             <input
               type="search"
               className="search"
-              placeholder="Search prompt text, id or error…"
+              placeholder="Search prompt text or id…"
               aria-label="Search prompts"
               value={query}
               onChange={(event) => setParams(event.target.value, status)}
@@ -115,7 +125,7 @@ export function RunPage({ runId }: { runId: string }) {
                 </tr>
               </thead>
               <tbody>
-                {filtered.slice(0, shown).map((p) => (
+                {rows.map((p) => (
                   <tr key={p.prompt_id} data-prompt={p.prompt_id} data-status={p.status}>
                     <td className="mono nowrap">
                       {p.status === "done" ? (
@@ -152,12 +162,28 @@ export function RunPage({ runId }: { runId: string }) {
                 ))}
               </tbody>
             </table>
-            {filtered.length === 0 && <p className="hint pad">No prompt matches.</p>}
+            {rows.length === 0 && <p className="hint pad">No prompt matches.</p>}
           </div>
-          {filtered.length > shown && (
-            <button type="button" className="more" onClick={() => setShown(shown + PAGE_SIZE)}>
-              Show {Math.min(PAGE_SIZE, filtered.length - shown)} more of {filtered.length - shown}
-            </button>
+          {total > 0 && (
+            <nav className="pager" aria-label="Pages">
+              <button
+                type="button"
+                disabled={pageNumber <= 1}
+                onClick={() => setParams(query, status, pageNumber - 1)}
+              >
+                Previous
+              </button>
+              <span className="muted" aria-live="polite">
+                {offset + 1}–{offset + rows.length} of {total} · page {pageNumber} of {pages}
+              </span>
+              <button
+                type="button"
+                disabled={pageNumber >= pages}
+                onClick={() => setParams(query, status, pageNumber + 1)}
+              >
+                Next
+              </button>
+            </nav>
           )}
         </>
       )}

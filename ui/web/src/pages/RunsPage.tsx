@@ -1,16 +1,17 @@
 // `/`: every run under the results URL, newest first, with live progress for runs still in flight.
 import { Breadcrumbs, formatTime, Loading, Notice, ProgressBar, runStatus, StatusBadge } from "../components/Common";
-import { urls, type RunsResponse } from "../lib/api";
+import { runIsLive, urls, type RunsResponse } from "../lib/api";
 import { Link, navigate, paths } from "../lib/router";
 import { usePolling } from "../lib/usePolling";
 
-/** Poll quickly while a run is in flight, slowly otherwise (to notice new runs). */
+/** Poll quickly while a run is in flight, slowly otherwise (to notice new runs); usePolling backs off further when
+ * answers are slow. A finished or cancelled run is not in flight. */
 export const LIVE_POLL_MS = 2000;
 export const IDLE_POLL_MS = 15000;
 
 export function RunsPage() {
   const { data, error, loading } = usePolling<RunsResponse>(urls.runs(), (fresh) =>
-    fresh.runs.some((run) => !run.error && !run.complete) ? LIVE_POLL_MS : IDLE_POLL_MS,
+    fresh.runs.some(runIsLive) ? LIVE_POLL_MS : IDLE_POLL_MS,
   );
   return (
     <main className="page">
@@ -65,6 +66,7 @@ export function RunsPage() {
                       </Link>
                       <div>
                         <StatusBadge status={runStatus(run)} />
+                        {run.cancelled && <span className="badge badge-pending">cancelled</span>}
                         {run.source && <span className="muted small"> {run.source}</span>}
                       </div>
                     </td>

@@ -26,6 +26,9 @@ const summary = (patch: Partial<RunSummary>): RunSummary => ({
 const detail: RunDetail = {
   run: summary({ done: 1, failed: 1, pending: 1, complete: false }),
   manifest: { run_id: "run-a", method_params: { attributed_fn: "logprob" } },
+  total: 3,
+  offset: 0,
+  limit: 100,
   prompts: [
     { prompt_id: "p1", status: "done", prompt: "The cat sat", error: null },
     {
@@ -38,15 +41,35 @@ const detail: RunDetail = {
   ],
 };
 
-let routes: Record<string, () => Response>;
+/** Answers a run page like ui/http_api.py: `q` searched in text and id, `status` filtered, then offset/limit. */
+const page =
+  (run: RunDetail) =>
+  (url: URL): Response => {
+    const q = (url.searchParams.get("q") ?? "").toLowerCase();
+    const status = url.searchParams.get("status");
+    const offset = Number(url.searchParams.get("offset") ?? "0");
+    const limit = Number(url.searchParams.get("limit") ?? "100");
+    const matching = run.prompts.filter(
+      (p) =>
+        (!status || p.status === status) &&
+        (!q || p.prompt_id.toLowerCase().includes(q) || (p.prompt ?? "").toLowerCase().includes(q)),
+    );
+    const rows = matching.slice(offset, offset + limit);
+    return jsonResponse({ ...run, prompts: rows, total: matching.length, offset, limit });
+  };
+
+let routes: Record<string, (url: URL) => Response>;
 let calls: string[];
+let requested: URL[];
 
 beforeEach(() => {
   calls = [];
+  requested = [];
   routes = {
     "/api/health": () => jsonResponse({ status: "ok", results_url: "/data/results" }),
     "/api/runs": () => jsonResponse({ results_url: "/data/results", runs: [summary({})] }),
-    "/api/runs/run-a": () => jsonResponse(detail),
+    "/api/runs/run-a": page(detail),
+    "/api/runs/run-a/counts": () => jsonResponse({ run: detail.run }),
     "/api/runs/run-a/results/p1": () => jsonResponse(catResult()),
   };
   vi.stubGlobal(
@@ -55,8 +78,9 @@ beforeEach(() => {
       const url = new URL(String(input), "http://localhost");
       const key = url.pathname + (url.pathname === "/api/compare" ? url.search : "");
       calls.push(key);
+      requested.push(url);
       const route = routes[key];
-      return route ? route() : jsonResponse({ error: `no such thing: ${key}` }, 404);
+      return route ? route(url) : jsonResponse({ error: `no such thing: ${key}` }, 404);
     }),
   );
   forgetLoadedResults();
@@ -131,20 +155,71 @@ describe("run page", () => {
     await screen.findByText("The cat sat");
     fireEvent.change(screen.getByRole("searchbox"), { target: { value: "cat" } });
     const rows = () => screen.getAllByRole("row").slice(1);
-    expect(rows().map((r) => r.getAttribute("data-prompt"))).toEqual(["p1"]);
+    await waitFor(() => expect(rows().map((r) => r.getAttribute("data-prompt"))).toEqual(["p1"]));
     expect(window.location.search).toBe("?q=cat");
+    expect(requested.at(-1)?.searchParams.get("q")).toBe("cat"); // searched on the server
     fireEvent.change(screen.getByRole("searchbox"), { target: { value: "" } });
     fireEvent.click(within(screen.getByRole("group", { name: /filter by status/i })).getByRole("button", { name: /Failed/ }));
-    expect(rows().map((r) => r.getAttribute("data-prompt"))).toEqual(["p2"]);
+    await waitFor(() => expect(rows().map((r) => r.getAttribute("data-prompt"))).toEqual(["p2"]));
     expect(window.location.search).toBe("?status=failed");
+    expect(requested.at(-1)?.searchParams.get("status")).toBe("failed");
+  });
+
+  it("pages through a large run on the server, 100 rows at a time", async () => {
+    const many: RunDetail = {
+      ...detail,
+      run: summary({ prompt_count: 250, done: 250 }),
+      prompts: Array.from({ length: 250 }, (_, i) => ({
+        prompt_id: `q${String(i).padStart(3, "0")}`,
+        status: "done" as const,
+        prompt: `prompt number ${i}`,
+        error: null,
+      })),
+    };
+    routes["/api/runs/big"] = page(many);
+    routes["/api/runs/big/counts"] = () => jsonResponse({ run: many.run });
+    goTo("/runs/big");
+    render(<App />);
+    await screen.findByText("prompt number 0");
+    expect(screen.getAllByRole("row")).toHaveLength(101);
+    expect(screen.getByText(/1–100 of 250/)).toBeTruthy();
+    fireEvent.click(screen.getByRole("button", { name: "Next" }));
+    await screen.findByText("prompt number 100");
+    expect(window.location.search).toBe("?page=2");
+    expect(requested.at(-1)?.searchParams.get("offset")).toBe("100");
+    expect(screen.queryByText("prompt number 0")).toBeNull();
+  });
+
+  it("polls only the counts while the run is in flight, and stops once it is cancelled", async () => {
+    vi.useFakeTimers({ shouldAdvanceTime: true });
+    let cancelled = false;
+    routes["/api/runs/run-a/counts"] = () => jsonResponse({ run: { ...detail.run, cancelled } });
+    goTo("/runs/run-a");
+    render(<App />);
+    await screen.findByText("The cat sat");
+    await act(async () => {
+      await vi.advanceTimersByTimeAsync(2500);
+    });
+    const countsCalls = () => calls.filter((c) => c === "/api/runs/run-a/counts").length;
+    expect(countsCalls()).toBeGreaterThanOrEqual(2);
+    expect(calls.filter((c) => c === "/api/runs/run-a").length).toBe(1); // counts unchanged: the page is not re-read
+    cancelled = true;
+    await act(async () => {
+      await vi.advanceTimersByTimeAsync(2500);
+    });
+    const atCancel = countsCalls();
+    await act(async () => {
+      await vi.advanceTimersByTimeAsync(10000);
+    });
+    expect(countsCalls()).toBe(atCancel);
+    expect(screen.getByText("cancelled")).toBeTruthy();
   });
 
   it("lists a corrupt result under its own filter", async () => {
-    routes["/api/runs/run-a"] = () =>
-      jsonResponse({
-        ...detail,
-        prompts: [...detail.prompts, { prompt_id: "p4", status: "corrupt", prompt: "Cut off", error: null }],
-      });
+    routes["/api/runs/run-a"] = page({
+      ...detail,
+      prompts: [...detail.prompts, { prompt_id: "p4", status: "corrupt", prompt: "Cut off", error: null }],
+    });
     goTo("/runs/run-a?status=corrupt");
     render(<App />);
     await screen.findByText("Cut off");
