@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from report_sections import replace_section  # bench/ is on sys.path when this file runs
+from report_sections import publish, run_meta  # bench/ is on sys.path when this file runs
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "precision"
@@ -132,16 +129,9 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench")
     args = parser.parse_args()
     rows = measure(args.max_n_steps)
-    meta = {
-        "args": f" --max-n-steps {args.max_n_steps}" if args.max_n_steps else "",
-        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, Python {platform.python_version()}",
-    }
-    text = markdown(rows, meta)
-    replace_section(args.out_dir / "results.md", SECTION, text)
+    meta = run_meta(f" --max-n-steps {args.max_n_steps}" if args.max_n_steps else "")
     payload = {"meta": meta, "confident_above": CONFIDENT, "rows": [asdict(row) for row in rows]}
-    (args.out_dir / "precision_results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    print(text)
+    publish(args.out_dir, SECTION, markdown(rows, meta), "precision_results.json", payload)
 
 
 if __name__ == "__main__":
