@@ -29,3 +29,24 @@ ANY_SECTION = re.compile(r"<!-- section:([\w.-]+) -->\n.*?<!-- /section:\1 -->\n
 def sections(text: str) -> str:
     """Every marked section in `text`, in order (what a rewrite of the rest must keep)."""
     return "".join(match.group(0) for match in ANY_SECTION.finditer(text))
+
+
+def run_meta(args: str) -> dict[str, str]:
+    """When and where a benchmark ran, and the arguments it ran with, for its report."""
+    import platform
+    from datetime import datetime
+
+    return {
+        "args": args,
+        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, Python {platform.python_version()}",
+    }
+
+
+def publish(out_dir: Path, name: str, text: str, json_name: str, payload: dict[str, object]) -> None:
+    """Write a benchmark's section of results.md and its JSON file, and print the section."""
+    import json
+
+    replace_section(out_dir / "results.md", name, text)
+    (out_dir / json_name).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(text)

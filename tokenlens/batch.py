@@ -134,6 +134,9 @@ class PromptRecord(BaseModel):
     target: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     #: Overrides the run's max_new_tokens for this prompt.
     max_new_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
+    #: The alternative continuation a contrastive attributed function (contrast_prob, contrast_logit)
+    #: differentiates, token by token against the output ("why Paris rather than Lyon").
+    contrast_target: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
 
     @field_validator("id")
     @classmethod

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from tokenlens import defaults
+from tokenlens.engine.options import ATTRIBUTED_FNS
 from tokenlens.engine.registry import ENGINES
 from tokenlens.models import DTYPES
 from tokenlens.prompt_sets import PromptSource
@@ -126,8 +127,11 @@ def method_options(func: F) -> F:
         click.option("--n-steps", type=int, help="Integration steps (integrated_gradients and other IG-like methods)."),
         click.option(
             "--attributed-fn",
-            type=click.Choice(["probability", "logprob"]),
-            help="What gradient methods differentiate: p or log p of each output token.",
+            type=click.Choice(ATTRIBUTED_FNS),
+            help=(
+                "What gradient methods differentiate for each output token: its probability, log-probability or "
+                "logit, or (contrast_prob, contrast_logit) those of the prompt's contrast_target token instead."
+            ),
         ),
         click.option("--layers", help="Attention layers to use, comma-separated (attention)."),
         click.option("--heads", help="Attention heads to use, comma-separated (attention)."),

@@ -17,6 +17,7 @@ import numpy as np
 from storage_backends import Storage, open_storage
 from tokenlens import defaults
 from tokenlens.batch import BatchTask, PromptRecord
+from tokenlens.engine.options import CONTRASTIVE_FNS
 from tokenlens.engine.registry import resolve_engine, validate_options
 from tokenlens.engine.types import AttributionOutput, PromptFailure, PromptInput
 from tokenlens.errors import TokenLensError
@@ -200,6 +201,8 @@ def build_result(
         method_params=output.method_params,
         timings_s={k: round(float(v), 6) for k, v in output.timings_s.items()},
         forced_target=record.target is not None,
+        attributed_fn=output.method_params.get("attributed_fn"),
+        contrast_target=record.contrast_target if _is_contrastive(output.method_params) else None,
         device=loaded.device,
         dtype=loaded.dtype,
     )
@@ -226,6 +229,10 @@ def _add_spans(tokenizer: Any, prompt: PromptInput, output: AttributionOutput, d
     for token, (start, end) in zip(data.output_tokens, spans, strict=True):
         token.span = [start, end]
     return generated
+
+
+def _is_contrastive(method_params: dict[str, Any]) -> bool:
+    return method_params.get("attributed_fn") in CONTRASTIVE_FNS
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -86,7 +86,7 @@ def check_resumable(previous: RunManifest, manifest: RunManifest) -> None:
 
 def plan_run(spec: RunSpec, prompts_path: str | Path | PromptSource, *, mode: str) -> RunPlan:
     """Read the prompt set, open storage and check a resumed run matches; nothing is written (see `save_manifest`)."""
-    records = read_prompt_set(prompts_path)
+    records = read_prompt_set(prompts_path, contrastive=spec.contrastive)
     storage = open_storage(spec.results_url)
     storage.check()
     spec = replace(spec, results_url=storage.url)

@@ -25,7 +25,7 @@ from tokenlens.batch import SAFE_ID_HELP, PromptRecord, describe_validation_erro
 from tokenlens.errors import PromptSetError
 
 FORMATS = ("jsonl", "csv", "txt", "parquet", "arrow", "hf")
-JSONL_FIELDS = {"id", "prompt", "target", "max_new_tokens"}
+JSONL_FIELDS = {"id", "prompt", "target", "max_new_tokens", "contrast_target"}
 #: The prefix that names a Hugging Face hub dataset instead of a path (``hf:allenai/boolq``).
 HUB_PREFIX = "hf:"
 TABLE_SUFFIXES = {"parquet": "parquet", "pq": "parquet", "arrow": "arrow", "feather": "arrow", "ipc": "arrow"}
@@ -65,8 +65,14 @@ def detect_format(path: Path) -> str:
     )
 
 
-def read_prompt_set(source: str | Path | PromptSource, fmt: str | None = None) -> list[PromptRecord]:
-    """Read and validate a whole prompt set; raise `PromptSetError` on the first bad line."""
+def read_prompt_set(
+    source: str | Path | PromptSource, fmt: str | None = None, *, contrastive: bool = False
+) -> list[PromptRecord]:
+    """Read and validate a whole prompt set; raise `PromptSetError` on the first bad line.
+
+    `contrastive`: the run's attributed function compares against a contrast token, so every prompt needs
+    a `contrast_target`.
+    """
     options = source if isinstance(source, PromptSource) else PromptSource(str(source))
     file_path = Path(options.path)
     name = options.path
@@ -77,7 +83,7 @@ def read_prompt_set(source: str | Path | PromptSource, fmt: str | None = None) -
         rows = table_rows(options, kind)
         if not rows:
             raise PromptSetError(name, None, "no prompts found; the table has no rows")
-        return _records(name, rows)
+        return _records(name, rows, contrastive)
     if options.limit is not None or options.column != "prompt" or options.id_column or options.split:
         raise PromptSetError(
             name, None, "--column, --id-column, --split and --limit apply to Parquet, Arrow and datasets prompt sets"
@@ -102,7 +108,7 @@ def read_prompt_set(source: str | Path | PromptSource, fmt: str | None = None) -
         raise PromptSetError(name, None, f"unknown format {kind!r}; use one of {', '.join(FORMATS)}")
     if not rows:
         raise PromptSetError(name, None, "no prompts found; the file is empty")
-    return _records(name, rows)
+    return _records(name, rows, contrastive)
 
 
 def _jsonl_rows(name: str, text: str) -> list[tuple[int, dict[str, Any]]]:
@@ -167,7 +173,7 @@ def _csv_rows(name: str, text: str) -> list[tuple[int, dict[str, Any]]]:
 def _check_csv_header(name: str, line: int, header: list[str]) -> None:
     if "prompt" not in header:
         raise PromptSetError(
-            name, line, "the CSV header needs a 'prompt' column (optional: id, target, max_new_tokens)"
+            name, line, "the CSV header needs a 'prompt' column (optional: id, target, max_new_tokens, contrast_target)"
         )
     unknown = sorted(set(header) - JSONL_FIELDS)
     if unknown:
@@ -179,7 +185,7 @@ def _check_csv_header(name: str, line: int, header: list[str]) -> None:
         raise PromptSetError(name, line, f"column(s) {', '.join(duplicated)} appear more than once in the header")
 
 
-def _records(name: str, rows: list[tuple[int, dict[str, Any]]]) -> list[PromptRecord]:
+def _records(name: str, rows: list[tuple[int, dict[str, Any]]], contrastive: bool = False) -> list[PromptRecord]:
     records: list[PromptRecord] = []
     seen: dict[str, int] = {}
     width = max(4, len(str(len(rows))))
@@ -200,11 +206,25 @@ def _records(name: str, rows: list[tuple[int, dict[str, Any]]]) -> list[PromptRe
         target = obj.get("target")
         if target is not None and (not isinstance(target, str) or not target):
             raise PromptSetError(name, line, "'target' must be a non-empty string")
+        contrast = obj.get("contrast_target")
+        if contrast is not None and (not isinstance(contrast, str) or not contrast):
+            raise PromptSetError(name, line, f"prompt {prompt_id!r}: 'contrast_target' must be a non-empty string")
+        if contrastive and contrast is None:
+            raise PromptSetError(
+                name,
+                line,
+                f"prompt {prompt_id!r} has no 'contrast_target', which a contrastive attributed function "
+                "(contrast_prob, contrast_logit) needs: add the alternative continuation to compare against",
+            )
         max_new = obj.get("max_new_tokens")
         if max_new is not None and (isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1):
             raise PromptSetError(name, line, f"'max_new_tokens' must be a positive integer, got {max_new!r}")
         try:
-            records.append(PromptRecord(id=prompt_id, prompt=prompt, target=target, max_new_tokens=max_new))
+            records.append(
+                PromptRecord(
+                    id=prompt_id, prompt=prompt, target=target, max_new_tokens=max_new, contrast_target=contrast
+                )
+            )
         except ValidationError as exc:  # a bound of the batch format (a prompt too long, too many tokens)
             raise PromptSetError(name, line, describe_validation_error(exc)) from None
     return records

@@ -85,6 +85,11 @@ class AnalysisMetadata(BaseModel):
     timings_s: dict[str, float] = Field(default_factory=dict)
     #: True when the output is the prompt's forced `target`, not a generation.
     forced_target: bool = False
+    #: What was differentiated for each output token (gradient methods): probability, logprob, logit,
+    #: contrast_prob or contrast_logit (also in `method_params`).
+    attributed_fn: str | None = None
+    #: The prompt's alternative continuation, for the contrastive attributed functions.
+    contrast_target: str | None = None
     device: str | None = None
     dtype: str | None = None
     #: The output tokens decoded together (special tokens kept): the text output tokens' spans point into.

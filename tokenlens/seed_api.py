@@ -26,6 +26,7 @@ from typing import Any, overload
 from storage_backends import Storage, open_storage
 from tokenlens import defaults
 from tokenlens.batch import PromptRecord, check_safe_id
+from tokenlens.engine.options import CONTRASTIVE_FNS
 from tokenlens.engine.registry import resolve_engine, validate_options
 from tokenlens.errors import TokenLensError
 from tokenlens.models import LoadedModel, load_model
@@ -183,9 +184,27 @@ class TokenAnalysisStorage:
         return full_key
 
 
-def prompt_id_for(text: str) -> str:
-    """A stable id for an API prompt: the same text maps to the same result file."""
-    return "p-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+def prompt_id_for(text: str, contrast_target: str | None = None) -> str:
+    """A stable id for an API prompt: the same text (and contrast target) maps to the same result file."""
+    key = text if contrast_target is None else json.dumps([text, contrast_target])
+    return "p-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def _contrasts_for(texts: list[str], contrast_targets: str | list[str] | None, attributed_fn: Any) -> list[str | None]:
+    """One contrast target per prompt (None without); a contrastive function needs them all."""
+    if contrast_targets is None:
+        if attributed_fn in CONTRASTIVE_FNS:
+            raise TokenLensError(
+                f"attributed function {attributed_fn} compares against a contrast target: "
+                "pass analyze(..., contrast_targets=...) with one per prompt"
+            )
+        return [None] * len(texts)
+    given = [contrast_targets] if isinstance(contrast_targets, str) else list(contrast_targets)
+    if len(given) != len(texts) or not all(isinstance(c, str) and c for c in given):
+        raise TokenLensError(
+            f"contrast_targets must be one non-empty string per prompt ({len(texts)}), got {len(given)}"
+        )
+    return list(given)
 
 
 def api_run_id(spec: RunSpec) -> str:
@@ -229,16 +248,39 @@ class TokenAnalyzer:
         return spec if storage.fixed_run_id else replace(spec, run_id=api_run_id(spec))
 
     @overload
-    def analyze(self, prompts: str, storage: TokenAnalysisStorage | None = None) -> AnalysisResult: ...
+    def analyze(
+        self, prompts: str, storage: TokenAnalysisStorage | None = None, *, contrast_targets: str | None = None
+    ) -> AnalysisResult: ...
     @overload
-    def analyze(self, prompts: list[str], storage: TokenAnalysisStorage | None = None) -> list[AnalysisResult]: ...
+    def analyze(
+        self,
+        prompts: list[str],
+        storage: TokenAnalysisStorage | None = None,
+        *,
+        contrast_targets: list[str] | None = None,
+    ) -> list[AnalysisResult]: ...
 
     def analyze(
-        self, prompts: str | list[str], storage: TokenAnalysisStorage | None = None
+        self,
+        prompts: str | list[str],
+        storage: TokenAnalysisStorage | None = None,
+        *,
+        contrast_targets: str | list[str] | None = None,
     ) -> AnalysisResult | list[AnalysisResult]:
-        """Attribute one prompt or a list; with `storage`, each result is also stored."""
+        """Attribute one prompt or a list; with `storage`, each result is also stored.
+
+        `contrast_targets` (one per prompt) are the alternative continuations a contrastive attributed
+        function (`method_params={"attributed_fn": "contrast_prob"}`) compares against.
+        """
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
-        records = [PromptRecord(id=prompt_id_for(text), prompt=text) for text in dict.fromkeys(texts)]
+        contrasts = _contrasts_for(texts, contrast_targets, self.method_params.get("attributed_fn"))
+        ids = [prompt_id_for(text, contrast) for text, contrast in zip(texts, contrasts, strict=True)]
+        records = list(
+            {
+                prompt_id: PromptRecord(id=prompt_id, prompt=text, contrast_target=contrast)
+                for prompt_id, text, contrast in zip(ids, texts, contrasts, strict=True)
+            }.values()
+        )
         target = storage or TokenAnalysisStorage(base_path=_scratch_dir())
         spec = self.spec_for(target)
         store = target.prepare_run(spec, records)
@@ -246,7 +288,7 @@ class TokenAnalyzer:
         for task in build_batches(spec, records, max(len(records), 1)):
             report.merge(process_batch(self.manager.loaded, task, storage=target.storage, max_attempts=1))
         by_id = _collect(report, store, spec)
-        results = [by_id[prompt_id_for(text)] for text in texts]
+        results = [by_id[prompt_id] for prompt_id in ids]
         return results[0] if isinstance(prompts, str) else results
 
     def create_analysis_pipeline(

@@ -27,6 +27,7 @@ from tokenlens.batch import (
     check_safe_id,
     validate_generation_params,
 )
+from tokenlens.engine.options import CONTRASTIVE_FNS
 from tokenlens.engine.registry import get_method, resolve_engine, validate_options
 from tokenlens.errors import TokenLensError
 from tokenlens.models import DTYPES, check_model_spec
@@ -91,6 +92,11 @@ class RunSpec:
         check_format(self.result_format)
         if self.dtype is not None and self.dtype not in DTYPES:
             raise TokenLensError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}")
+
+    @property
+    def contrastive(self) -> bool:
+        """Whether the attributed function compares against each prompt's `contrast_target`."""
+        return self.method_params.get("attributed_fn") in CONTRASTIVE_FNS
 
     @property
     def worker_model(self) -> str:

@@ -76,6 +76,9 @@ def prepare_prompt(
     target_ids = None
     if record.target is not None:
         target_ids = list(tokenizer(record.target, add_special_tokens=False)["input_ids"])
+    contrast_ids = None
+    if record.contrast_target is not None:
+        contrast_ids = list(tokenizer(record.contrast_target, add_special_tokens=False)["input_ids"])
     new_tokens = len(target_ids) if target_ids is not None else (record.max_new_tokens or max_new_tokens)
     context = loaded.context_length
     if context is not None and len(ids) + new_tokens > context:
@@ -91,4 +94,5 @@ def prepare_prompt(
         max_new_tokens=new_tokens,
         target_ids=target_ids,
         model_text=text,
+        contrast_ids=contrast_ids,
     )

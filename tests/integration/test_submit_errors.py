@@ -31,6 +31,7 @@ def _nothing_queued(broker_url: str) -> bool:
         ("results path that can't be written", "not writable"),
         ("results URL with an unknown scheme", "unknown results URL scheme"),
         ("unknown model alias", "unknown model alias"),
+        ("contrastive function without contrast targets", "prompts.jsonl:1: prompt 'p000' has no 'contrast_target'"),
     ],
 )
 def test_submit_refuses_bad_input_and_queues_nothing(case: str, expected: str, tmp_path: Path, broker_url: str) -> None:
@@ -56,6 +57,8 @@ def test_submit_refuses_bad_input_and_queues_nothing(case: str, expected: str, t
         args["--results"] = "ftp://example.org/results"
     elif case == "unknown model alias":
         args["--model"] = "smollm9-nope-instruct"
+    elif case == "contrastive function without contrast targets":
+        extra = ["--attributed-fn", "contrast_prob"]
     proc = run_cli("submit", str(prompts), *[x for pair in args.items() for x in pair], "--run-id", "refused", *extra)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert expected in proc.stderr

@@ -89,6 +89,31 @@ def test_run_with_a_failing_prompt_exits_1_and_keeps_the_rest(tiny_llama_dir: Pa
     assert json.loads((results / "runs/r2/errors/huge.json").read_text())["error_type"] == "PromptTooLongError"
 
 
+@pytest.mark.slow
+def test_run_with_a_contrastive_function_records_it_and_the_contrast(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    line = {"id": "fr", "prompt": "The capital of France is", "target": " Paris", "contrast_target": " Lyon"}
+    prompts = write_prompts(tmp_path, [json.dumps(line)])
+    results = tmp_path / "results"
+    done = tokenlens(
+        "run", str(prompts), "--model", str(tiny_llama_dir), "--results", str(results), "--run-id", "c1",
+        "--no-chat", "--attributed-fn", "contrast_logit",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stored = decode_result((results / "runs/c1/results/fr.json").read_bytes())
+    assert stored.metadata.attributed_fn == "contrast_logit"
+    assert stored.metadata.method_params["attributed_fn"] == "contrast_logit"
+    assert stored.metadata.contrast_target == " Lyon"
+    assert SeedAnalysisResult.model_validate_json((results / "runs/c1/results/fr.json").read_bytes())
+    manifest = RunManifest.model_validate_json((results / "runs/c1/run.json").read_bytes())
+    assert manifest.method_params["attributed_fn"] == "contrast_logit"
+    # Resuming the run with another attributed function is refused: its numbers would be another function's.
+    again = tokenlens(
+        "run", str(prompts), "--model", str(tiny_llama_dir), "--results", str(results), "--run-id", "c1",
+        "--no-chat", "--attributed-fn", "logit",
+    )  # fmt: skip
+    assert again.returncode == 2 and "attributed_fn" in again.stderr
+
+
 @pytest.mark.parametrize(
     ("lines", "args", "expected"),
     [
@@ -98,6 +123,11 @@ def test_run_with_a_failing_prompt_exits_1_and_keeps_the_rest(tiny_llama_dir: Pa
         (['{"prompt": "ok"}'], ["--model", "smollm-9b-chat"], "unknown model alias 'smollm-9b-chat'"),
         (['{"prompt": "ok"}'], ["--n-steps", "4"], "n_steps do not apply to method 'saliency'"),
         (['{"prompt": "ok"}'], ["--results", "ftp://x/y"], "unknown results URL scheme 'ftp'"),
+        (
+            ['{"id": "a", "prompt": "ok", "contrast_target": " no"}', '{"id": "b", "prompt": "ok"}'],
+            ["--attributed-fn", "contrast_prob"],
+            "prompts.jsonl:2: prompt 'b' has no 'contrast_target'",
+        ),
     ],
 )
 def test_bad_input_fails_before_the_model_loads_and_writes_nothing(

@@ -72,3 +72,17 @@ def test_non_utf8_bytes_report_the_line(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PromptSetError, match="file not found"):
         read_prompt_set(tmp_path / "nope.jsonl")
+
+
+def test_contrast_target_is_read_and_required_under_a_contrastive_function(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "c.jsonl", '{"id": "a", "prompt": "Hi", "contrast_target": " Lyon"}\n{"id": "b", "prompt": "Yo"}\n'
+    )
+    assert read_prompt_set(path)[0].contrast_target == " Lyon"
+    with pytest.raises(PromptSetError, match=r"c.jsonl:2: prompt 'b' has no 'contrast_target'"):
+        read_prompt_set(path, contrastive=True)
+    csv_path = write(tmp_path, "c.csv", "id,prompt,contrast_target\nx,Hi, Lyon\n")
+    assert read_prompt_set(csv_path, contrastive=True)[0].contrast_target == " Lyon"
+    bad = write(tmp_path, "bad.jsonl", '{"id": "z", "prompt": "Hi", "contrast_target": 3}\n')
+    with pytest.raises(PromptSetError, match=r"bad.jsonl:1: prompt 'z': 'contrast_target' must be a non-empty string"):
+        read_prompt_set(bad)

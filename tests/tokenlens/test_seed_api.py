@@ -74,3 +74,20 @@ def test_visualize_is_the_function_even_after_its_module_was_imported() -> None:
     from tokenlens import visualize as again
 
     assert callable(again) and tokenlens.visualize is again
+
+
+def test_contrastive_attribution_through_the_api(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    tiny = ModelManager.initialize({"llm_id": str(tiny_llama_dir), "device": "cpu"})
+    analyzer = TokenAnalyzer(
+        tiny, generation_params={"max_new_tokens": 2}, method_params={"attributed_fn": "contrast_logit"}
+    )
+    storage = TokenAnalysisStorage(base_path=str(tmp_path / "api"))
+    with pytest.raises(TokenLensError, match="contrast_targets"):
+        analyzer.analyze("The capital of France is", storage)
+    lyon = analyzer.analyze("The capital of France is", storage, contrast_targets=" Lyon Lyon")
+    assert lyon.metadata.attributed_fn == "contrast_logit"
+    assert lyon.metadata.contrast_target == " Lyon Lyon"
+    # Another contrast for the same prompt is another result, never the stored one.
+    nice = analyzer.analyze("The capital of France is", storage, contrast_targets=" Nice Nice")
+    assert nice.metadata.contrast_target == " Nice Nice"
+    assert nice.data.association_matrix != lyon.data.association_matrix

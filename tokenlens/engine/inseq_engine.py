@@ -32,6 +32,9 @@ Generation = dict[str, Any] | None
 
 #: Our option names that Inseq takes as attribution keyword arguments, per method family.
 _PASSTHROUGH_OPTIONS = ("n_steps",)
+#: Our attributed functions by Inseq 0.7.1's step-function names ("probability" is Inseq's default; "logprob"
+#: is its probability function with logprob=True).
+_INSEQ_STEP_FUNCTIONS = {"logit": "logit", "contrast_prob": "contrast_prob", "contrast_logit": "contrast_logits"}
 
 
 @contextlib.contextmanager
@@ -77,6 +80,9 @@ def _attribute_kwargs(method: str, options: dict[str, Any]) -> dict[str, Any]:
     if options.get("attributed_fn") == "logprob":
         # Inseq's probability step function takes logprob=True for log p.
         kwargs["logprob"] = True
+    step_function = _INSEQ_STEP_FUNCTIONS.get(str(options.get("attributed_fn")))
+    if step_function is not None:
+        kwargs["attributed_fn"] = step_function
     # Inseq 0.7.1's attention returns every layer and head; `layers`/`heads` are
     # applied when converting (select_layers_and_heads), not passed to Inseq.
     return kwargs
@@ -105,6 +111,13 @@ def nltk_data_already_installed(method: str) -> Iterator[None]:
         yield
     finally:
         nltk.download = saved
+
+
+def _contrast_kwargs(loaded: LoadedModel, prompt: PromptInput, options: dict[str, Any]) -> dict[str, Any]:
+    """Inseq's contrastive step functions take the whole contrast sequence (prompt + contrast continuation)."""
+    if not str(options.get("attributed_fn")).startswith("contrast_") or prompt.contrast_ids is None:
+        return {}
+    return {"contrast_targets": prompt.model_text + loaded.tokenizer.decode(prompt.contrast_ids)}
 
 
 def attribute_inseq(
@@ -141,6 +154,7 @@ def _attribute_each(
                     show_progress=False,
                     generation_args=generation_args if generated_texts is None else {},
                     **_attribute_kwargs(method, options),
+                    **_contrast_kwargs(loaded, prompt, options),
                 )
         except Exception as exc:  # one prompt's failure is reported, the batch goes on
             outputs.append(PromptFailure(prompt.prompt_id, type(exc).__name__, str(exc)))
@@ -151,6 +165,13 @@ def _attribute_each(
         except MethodOptionError as exc:  # the same options would fail again: no retry
             outputs.append(PromptFailure(prompt.prompt_id, type(exc).__name__, str(exc), permanent=True))
             continue
+        if any(token < 0 for token in converted.output_ids):
+            # Inseq shows a contrasted step as one "contrast → target" token with id -1.
+            if prompt.target_ids is None or len(prompt.target_ids) != len(converted.output_ids):
+                message = "Inseq's contrastive attribution hides the generated tokens; give this prompt a `target`"
+                outputs.append(PromptFailure(prompt.prompt_id, "ContrastTargetError", message, permanent=True))
+                continue
+            converted.output_ids = list(prompt.target_ids)
         converted.token_probabilities = output_token_probabilities(loaded, converted.input_ids, converted.output_ids)
         converted.timings_s = {"attribution": elapsed, "total": time.perf_counter() - started}
         converted.inseq_native_json = native_json(result)

@@ -35,6 +35,7 @@ from tokenlens.engine.generation import generate_greedy
 from tokenlens.engine.layout import BatchScores, Item
 from tokenlens.engine.memory import CPU_SLOT_ROWS, is_out_of_memory, memory_model, release_memory
 from tokenlens.engine.methods import NativeMethod, native_method
+from tokenlens.engine.options import CONTRASTIVE_FNS
 from tokenlens.engine.registry import validate_options
 from tokenlens.engine.types import AttributionOutput, PromptFailure, PromptInput
 from tokenlens.errors import MethodOptionError
@@ -100,6 +101,7 @@ def attribute_native(
                 )
             else:
                 items.append(Item(index, prompts[index], generated, {"generation": seconds}))
+        items = _with_contrasts(items, options, results)
         for batch in _plan_batches(loaded, items, native, options, batch_size):
             for item, outcome in _attribute_resilient(loaded, batch, native, options):
                 results[item.index] = outcome
@@ -145,6 +147,33 @@ def _check_prompt(loaded: LoadedModel, prompt: PromptInput) -> PromptFailure | N
             permanent=True,
         )
     return None
+
+
+def _with_contrasts(
+    items: list[Item], options: dict[str, Any], results: list[AttributionOutput | PromptFailure | None]
+) -> list[Item]:
+    """Items a contrastive attributed function can attribute: each needs a contrast token per output token
+    (aligned 1:1, as Inseq's default alignment); the others fail here, for good."""
+    attributed_fn = options.get("attributed_fn")
+    if attributed_fn not in CONTRASTIVE_FNS:
+        return items
+    kept = []
+    for item in items:
+        contrast = item.prompt.contrast_ids
+        problem = None
+        if not contrast:
+            problem = "has no contrast_target; add the alternative continuation to compare against"
+        elif len(contrast) < len(item.output_ids):
+            problem = (
+                f"has a contrast_target of {len(contrast)} tokens but an output of {len(item.output_ids)}; tokens "
+                "are compared one to one, so give a contrast_target at least as long (or a `target` as long)"
+            )
+        if problem is None:
+            kept.append(item)
+        else:
+            message = f"prompt {item.prompt.prompt_id!r} {problem} (attributed function {attributed_fn})"
+            results[item.index] = PromptFailure(item.prompt.prompt_id, "ContrastTargetError", message, permanent=True)
+    return kept
 
 
 # --------------------------------------------------------------------------- generation

@@ -15,7 +15,7 @@ from tokenlens.errors import MethodOptionError
 
 #: What a gradient method differentiates for output token y (Inseq's step functions of the same names):
 #: p(y), log p(y), the logit of y, the probability or the logit of a per-prompt contrast token instead.
-ATTRIBUTED_FNS = ("probability", "logprob")
+ATTRIBUTED_FNS = ("probability", "logprob", "logit", "contrast_prob", "contrast_logit")
 #: The attributed functions that need a `contrast_target` for every prompt.
 CONTRASTIVE_FNS = ("contrast_prob", "contrast_logit")
 

@@ -54,13 +54,16 @@ def per_step_scores(
         with torch.no_grad():
             x = embed(prefix)
             base = embed(baseline_ids(loaded, prefix)) if method == "integrated_gradients" else torch.zeros_like(x)
-        total = torch.zeros_like(x)
-        for alpha, weight in zip(alphas, weights, strict=True):
-            point = (base + alpha * (x - base)).requires_grad_(True)
-            # Only the last position's logits matter for this step: the head runs on that one alone.
-            logits = head(model.base_model(inputs_embeds=point).last_hidden_state[0, -1])
-            score = _attributed(logits, target, attributed_fn)
-            total += weight * torch.autograd.grad(score, point)[0]
+        # Every integration point of this step in one batch: rows are independent, so the gradient of
+        # their summed scores is each row's own gradient.
+        alpha = torch.tensor(alphas, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        points = (base + alpha * (x - base)).requires_grad_(True)
+        # Only the last position's logits matter for this step: the head runs on that one alone.
+        logits = head(model.base_model(inputs_embeds=points).last_hidden_state[:, -1])
+        score = _attributed(logits, target, attributed_fn).sum()
+        (grads,) = torch.autograd.grad(score, points)
+        weight = torch.tensor(weights, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        total = (weight * grads).sum(dim=0, keepdim=True)
         if method == "integrated_gradients":
             attribution = total * (x - base)
         elif method == "input_x_gradient":
@@ -72,12 +75,12 @@ def per_step_scores(
 
 
 def _attributed(logits: Any, target: int, attributed_fn: str) -> Any:
-    """Inseq's step function of this name, from the full logits of one step."""
+    """Inseq's step function of this name, from the full logits [rows, vocab] of one step."""
     if attributed_fn in ("logit", "contrast_logit"):
-        return logits[target]
+        return logits[:, target]
     if attributed_fn == "logprob":
-        return logits.log_softmax(-1)[target]
-    return logits.softmax(-1)[target]
+        return logits.log_softmax(-1)[:, target]
+    return logits.softmax(-1)[:, target]
 
 
 def _integration_rule(n_steps: int) -> tuple[list[float], list[float]]:

@@ -50,5 +50,6 @@ def test_options_defaults_and_validation() -> None:
         validate_options("saliency", {"n_steps": 8})
     with pytest.raises(MethodOptionError, match="at least 1"):
         validate_options("integrated_gradients", {"n_steps": 0})
-    with pytest.raises(MethodOptionError, match="must be one of"):
-        validate_options("saliency", {"attributed_fn": "logit"})
+    assert validate_options("saliency", {"attributed_fn": "contrast_logit"})["attributed_fn"] == "contrast_logit"
+    with pytest.raises(MethodOptionError, match="must be one of probability, logprob, logit, contrast_prob"):
+        validate_options("saliency", {"attributed_fn": "entropy"})
