@@ -16,7 +16,7 @@ import click
 
 from tokenlens import defaults
 from tokenlens.engine.registry import ENGINES
-from tokenlens.models import DTYPES
+from tokenlens.models import DTYPE_CHOICES
 from tokenlens.result_codec import FORMAT_CHOICES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,8 +74,18 @@ def device_option(default: str | None, help: str) -> Callable[[F], F]:
     return click.option("--device", default=default, show_default=default is not None, help=help)
 
 
-def dtype_option() -> Callable[[F], F]:
-    return click.option("--dtype", type=click.Choice(DTYPES), default=defaults.DTYPE, show_default=True)
+def dtype_option(default: str | None = defaults.DTYPE, help_suffix: str = "") -> Callable[[F], F]:
+    """`--dtype`: auto is bfloat16 on CUDA and float32 on the CPU; results record the resolved dtype."""
+    return click.option(
+        "--dtype",
+        type=click.Choice(DTYPE_CHOICES),
+        default=default,
+        show_default=default is not None,
+        help=(
+            "Weights and activations: auto = bfloat16 on CUDA, float32 on CPU (float16 is refused for gradients)"
+            f"{help_suffix}."
+        ),
+    )
 
 
 def attribution_options(func: F) -> F:

@@ -90,11 +90,15 @@ def run_command(
       tokenlens run prompts.txt --model Qwen/Qwen2.5-0.5B-Instruct --device cuda --dtype bfloat16
     """
     from tokenlens.embedded import run_embedded
+    from tokenlens.models import check_dtype_for_method, resolve_device, resolve_dtype_name
     from tokenlens.plan import plan_run
     from tokenlens.spec import RunSpec, new_run_id
 
     settings = Settings.from_env(results_url=results_url, max_attempts=max_attempts)
-    # Everything cheap is validated before the model loads (seconds to minutes).
+    # Everything cheap is validated before the model loads (seconds to minutes). "auto" is resolved here, so
+    # that the run's identity (and a resume's check) holds the dtype the model really computes in.
+    dtype = resolve_dtype_name(dtype, resolve_device(device))
+    check_dtype_for_method(dtype, method)
     spec = RunSpec(
         run_id=run_id or new_run_id(method), model=model, results_url=settings.results_url, method=method,
         engine=engine, method_params=method_flags(flags), max_new_tokens=max_new_tokens, chat_template=chat,
