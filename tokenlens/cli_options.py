@@ -147,6 +147,33 @@ def method_options(func: F) -> F:
     )(func)
 
 
+GPU_CLASS_CHOICES = ("h100", "h200", "a100", "l4", "cpu")
+
+
+def dry_run_options(func: F) -> F:
+    """`--dry-run` (estimate, run nothing), `--gpu-class` and `--gpu-memory`, shared by `run` and `submit`."""
+    return stack(
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Tokenize the prompts and print an estimate (tokens, FLOPs, time, memory, result bytes); run nothing.",
+        ),
+        click.option(
+            "--gpu-class",
+            type=click.Choice(GPU_CLASS_CHOICES),
+            default="h100",
+            show_default=True,
+            help="Device the --dry-run estimate is for (cpu: this machine, measured).",
+        ),
+        click.option(
+            "--gpu-memory",
+            type=click.FloatRange(min=0, min_open=True),
+            metavar="GIB",
+            help="Memory per device for the --dry-run estimate (default: the class's, e.g. 80 for h100).",
+        ),
+    )(func)
+
+
 def method_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
     """The method options given on the command line, by registry name (None where not given)."""
     return {name: flags.get(name) for name in METHOD_OPTION_FLAGS}

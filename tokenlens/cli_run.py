@@ -16,6 +16,7 @@ from tokenlens import defaults
 from tokenlens.cli_options import (
     attribution_options,
     device_option,
+    dry_run_options,
     dtype_option,
     method_flags,
     method_options,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     "--show/--no-show", default=None, help="Print each prompt's strongest sources (default: for <= 10 prompts)."
 )
 @method_options
+@dry_run_options
 def run_command(
     prompts: Path,
     model: str,
@@ -74,6 +76,9 @@ def run_command(
     dtype: str,
     max_attempts: int | None,
     show: bool | None,
+    dry_run: bool,
+    gpu_class: str,
+    gpu_memory: float | None,
     **flags: Any,
 ) -> None:
     """Attribute every prompt in PROMPTS with one model, in this process, and store the results.
@@ -95,6 +100,18 @@ def run_command(
     from tokenlens.spec import RunSpec, new_run_id
 
     settings = Settings.from_env(results_url=results_url, max_attempts=max_attempts)
+    if dry_run:
+        from tokenlens.estimate import dry_run_lines
+
+        spec = RunSpec(
+            run_id=run_id or new_run_id(method), model=model, results_url=settings.results_url, method=method,
+            engine=engine, method_params=method_flags(flags), max_new_tokens=max_new_tokens, chat_template=chat,
+            batch_size=batch_size, result_format=result_format,
+        )  # fmt: skip
+        check_dtype_for_method(dtype, method)
+        lines = dry_run_lines(spec, prompts, gpu_class=gpu_class, gpu_memory_gb=gpu_memory, dtype=dtype)
+        click.echo("\n".join(lines))
+        return
     # Everything cheap is validated before the model loads (seconds to minutes). "auto" is resolved here, so
     # that the run's identity (and a resume's check) holds the dtype the model really computes in.
     dtype = resolve_dtype_name(dtype, resolve_device(device))

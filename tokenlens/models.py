@@ -209,6 +209,41 @@ def text_only_model(model: Any) -> Any:
     return text_model
 
 
+def load_shape_only(spec: str = defaults.MODEL) -> LoadedModel:
+    """A model's config and tokenizer, and the model built on PyTorch's meta device: every shape, no weights.
+
+    For estimates (`--dry-run`): nothing is read but the config and tokenizer (for a GGUF file: its metadata,
+    or the converted copy in the cache), and nothing is allocated.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    check_model_spec(spec)
+    alias = spec.lower()
+    try:
+        if alias in MODEL_ALIASES or spec.endswith(".gguf"):
+            gguf = _alias_gguf_path(alias) if alias in MODEL_ALIASES else Path(spec).expanduser()
+            if not gguf.is_file():
+                raise ModelLoadError(f"GGUF file {spec} does not exist")
+            cached = cache_dir() / f"{gguf.stem}-{_gguf_cache_key(gguf)}"
+            if (cached / "complete").is_file():
+                config, tokenizer = AutoConfig.from_pretrained(cached), AutoTokenizer.from_pretrained(cached)
+            else:
+                folder, name = str(gguf.parent), gguf.name
+                config = AutoConfig.from_pretrained(folder, gguf_file=name)
+                tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        else:
+            config, tokenizer = AutoConfig.from_pretrained(spec), AutoTokenizer.from_pretrained(spec)
+    except OSError as exc:
+        raise ModelLoadError(f"could not read the config and tokenizer of {spec!r}: {exc}") from exc
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    info = {"model_class": type(model).__name__, "model_type": config.model_type}
+    return LoadedModel(spec, text_only_model(model), tokenizer, "meta", "float32", info=info)
+
+
 def looks_like_alias(spec: str) -> bool:
     """A bare lowercase name with no '/' and no file suffix is meant as an alias."""
     return "/" not in spec and not spec.endswith(".gguf") and not os.path.exists(spec)
