@@ -24,7 +24,7 @@ from tokenlens.cli_options import (
     results_option,
     run_id_option,
 )
-from tokenlens.engine.registry import list_methods
+from tokenlens.engine.registry import list_methods, refusal_reason, runnable_methods
 from tokenlens.settings import Settings
 
 if TYPE_CHECKING:
@@ -173,8 +173,14 @@ def describe_result(result: AnalysisResult, top_k: int = 3, max_rows: int = 12) 
 
 @click.command("methods")
 def methods_command() -> None:
-    """List every attribution method, the engines that run it, and its options."""
-    for spec in list_methods():
+    """List the attribution methods that run here, their engines and options; then the others, and why."""
+    for spec in runnable_methods():
         engines = "native+inseq" if spec.has_native else "inseq"
         options = ", ".join(f"{name}={opt.default}" for name, opt in spec.options.items()) or "-"
         click.echo(f"{spec.name:34} [{engines:12}] {spec.summary}  (options: {options})")
+    refused = [(spec.name, refusal_reason(spec.name)) for spec in list_methods()]
+    refused = [(name, reason) for name, reason in refused if reason is not None]
+    if refused:
+        click.echo("not runnable here:")
+        for name, reason in refused:
+            click.echo(f"  {name:32} {reason}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -218,16 +217,8 @@ def test_a_model_that_cannot_load_writes_no_run_json(
         ("no_such_method", {}, "UnknownMethodError"),
         ("saliency", {"method_params": {"n_steps": 4}}, "MethodOptionError"),
         ("saliency", {"engine": "warp-drive"}, "MethodOptionError"),
-        # A method that raises the same error on the same prompt every time (Inseq's LIME needs scikit-learn).
-        pytest.param(
-            "lime",
-            {"engine": "inseq"},
-            "ValueError",
-            marks=[
-                pytest.mark.slow,  # imports Inseq
-                pytest.mark.skipif(find_spec("sklearn") is not None, reason="scikit-learn is installed: LIME works"),
-            ],
-        ),
+        # A method TokenLens refuses (registry.REFUSED_INSEQ_METHODS), in a batch a worker takes anyway.
+        ("value_zeroing", {"engine": "inseq"}, "MethodOptionError"),
     ],
 )
 def test_deterministic_failures_are_error_records_at_once(

@@ -1,10 +1,14 @@
 """Run any Inseq method and convert its output to TokenLens layout.
 
 Inseq attributes one generated token at a time; its step-wise scores are
-reduced to one score per source token with Inseq's own default aggregation
-(`aggregate()`), then laid out as TokenLens rows (one per output token, NaN
-where a source is not visible becomes 0). Inseq's native output is kept as
-JSON so it can be stored beside the TokenLens file and loaded back.
+reduced to one score per source token with Inseq's own default aggregators
+(L2 norm over the embedding for gradient methods, mean over layers and heads
+for attention) but *without* the L1 normalisation `aggregate()` applies by
+default (`normalize=False`), so `association_matrix` holds the same raw scores
+the native engine stores, one to one. They are laid out as TokenLens rows (one
+per output token; NaN where a source is not visible becomes 0). Inseq's native
+output is kept as JSON so it can be stored beside the TokenLens file and
+loaded back; converting it gives the same matrix.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import numpy as np
 from tokenlens.engine.types import AttributionOutput, PromptFailure, PromptInput
 from tokenlens.errors import MethodOptionError
 from tokenlens.models import LoadedModel
+
+#: Generation options besides max_new_tokens (allow-listed by `tokenlens.batch`), or None for greedy defaults.
+Generation = dict[str, Any] | None
 
 #: Our option names that Inseq takes as attribution keyword arguments, per method family.
 _PASSTHROUGH_OPTIONS = ("n_steps",)
@@ -75,16 +82,37 @@ def _attribute_kwargs(method: str, options: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+@contextlib.contextmanager
+def nltk_data_already_installed(method: str) -> Iterator[None]:
+    """Keep ReAGent from reaching for the network.
+
+    Inseq's ReAGent calls `nltk.download(...)` every time it builds its POS-tag sampler, and NLTK asks its online
+    index even when the data is installed: on an offline worker that is an error or a long wait. The registry only
+    lets `reagent` run where the tagger data is already installed (`registry.refusal_reason`), so while it runs
+    that call is answered locally; a missing resource still fails loudly in `nltk.pos_tag`.
+    """
+    if method != "reagent":
+        yield
+        return
+    import nltk
+
+    def installed_only(*_args: Any, **_kwargs: Any) -> bool:
+        return True
+
+    saved = nltk.download
+    nltk.download = installed_only
+    try:
+        yield
+    finally:
+        nltk.download = saved
+
+
 def attribute_inseq(
-    loaded: LoadedModel,
-    prompts: list[PromptInput],
-    method: str,
-    options: dict[str, Any],
-    generation_params: dict[str, Any] | None = None,
+    loaded: LoadedModel, prompts: list[PromptInput], method: str, options: dict[str, Any], generation: Generation = None
 ) -> list[AttributionOutput | PromptFailure]:
     """Attribute each prompt with Inseq's `method`; a failing prompt doesn't stop the others."""
-    with distinct_pad_token(loaded):
-        return _attribute_each(loaded, prompts, method, options, generation_params)
+    with distinct_pad_token(loaded), nltk_data_already_installed(method):
+        return _attribute_each(loaded, prompts, method, options, generation)
 
 
 def _attribute_each(
@@ -200,7 +228,8 @@ def inseq_output_to_attribution(result: Any, prompt_id: str, options: dict[str, 
         sequence._aggregator = ["mean"] * sequence._num_dimensions
     if raw is not None and raw.ndim == 4 and (options.get("layers") or options.get("heads")):
         sequence.target_attributions = select_layers_and_heads(raw, options.get("layers"), options.get("heads"))
-    aggregated = sequence.aggregate()
+    # Inseq's default aggregators, minus its default L1 normalisation of each step: raw scores, as the native engine's.
+    aggregated = sequence.aggregate(normalize=False)
     tensor = aggregated.target_attributions
     if tensor is None:
         tensor = aggregated.source_attributions

@@ -9,9 +9,10 @@ would have worked.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from tokenlens.engine.methods import NATIVE_METHODS
+from tokenlens.engine.options import N_STEPS, MethodSpec, option_table
 from tokenlens.errors import MethodOptionError, UnknownMethodError
 
 ENGINES = ("auto", "native", "inseq")
@@ -38,108 +39,30 @@ INSEQ_METHODS: tuple[str, ...] = (
     "value_zeroing",
 )
 
-ATTRIBUTED_FNS = ("probability", "logprob")
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """One method option: its type, default and what it means."""
-
-    name: str
-    kind: type
-    default: Any
-    help: str
-    choices: tuple[Any, ...] | None = None
-
-    def coerce(self, method: str, value: Any) -> Any:
-        if self.kind is list:
-            if isinstance(value, str):
-                value = [int(v) for v in value.split(",") if v.strip()]
-            if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-                raise MethodOptionError(f"option {self.name} of {method} takes a list of integers, got {value!r}")
-        elif self.kind is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                try:
-                    value = int(value)
-                except (TypeError, ValueError):
-                    raise MethodOptionError(f"option {self.name} of {method} takes an integer, got {value!r}") from None
-            if value < 1:
-                raise MethodOptionError(f"option {self.name} of {method} must be at least 1, got {value}")
-        elif self.kind is str and not isinstance(value, str):
-            raise MethodOptionError(f"option {self.name} of {method} takes a string, got {value!r}")
-        if self.choices is not None and value not in self.choices:
-            raise MethodOptionError(
-                f"option {self.name} of {method} must be one of {', '.join(map(str, self.choices))}, got {value!r}"
-            )
-        return value
-
-
-ATTRIBUTED_FN = OptionSpec(
-    "attributed_fn",
-    str,
-    "probability",
-    "what is differentiated: the output token's probability (Inseq's default) or its log-probability",
-    ATTRIBUTED_FNS,
-)
-SALIENCY_ATTRIBUTED_FN = OptionSpec(
-    "attributed_fn",
-    str,
-    "logprob",
-    "what is differentiated: log p (the seed's saliency) or p (Inseq's); normalized rows are identical",
-    ATTRIBUTED_FNS,
-)
-N_STEPS = OptionSpec("n_steps", int, 50, "integration steps from the baseline to the input")
-LAYERS = OptionSpec("layers", list, None, "attention layers to use (default: all, averaged as Inseq does)")
-HEADS = OptionSpec("heads", list, None, "attention heads to use (default: all, averaged as Inseq does)")
-TARGET_CHUNK = OptionSpec(
-    "target_chunk", int, 16, "output tokens per backward pass; halved automatically on out-of-memory"
-)
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """A method name, what it does, its options, and which engines run it."""
-
-    name: str
-    summary: str
-    engines: tuple[str, ...]
-    options: Mapping[str, OptionSpec] = field(default_factory=dict)
-
-    @property
-    def has_native(self) -> bool:
-        return "native" in self.engines
-
-
-def _options(*specs: OptionSpec) -> dict[str, OptionSpec]:
-    return {spec.name: spec for spec in specs}
-
-
-_NATIVE: dict[str, MethodSpec] = {
-    "saliency": MethodSpec(
-        "saliency",
-        "L2 norm of the gradient of each output token's score w.r.t. each source embedding",
-        ("native", "inseq"),
-        _options(SALIENCY_ATTRIBUTED_FN, TARGET_CHUNK),
+#: Inseq methods TokenLens lists but does not run, and why. `tokenlens methods` shows them apart with the reason,
+#: and asking for one is refused with it (tests/tokenlens/engine/test_inseq_every_method.py runs all the others).
+REFUSED_INSEQ_METHODS: dict[str, str] = {
+    "dummy": "Inseq's pipeline check computes no scores at all; a result would be an empty matrix posing as one",
+    "layer_deeplift": (
+        "Inseq 0.7.1's layer DeepLIFT returns all-zero scores with the installed transformers and Captum (SmolLM2 "
+        "included), which would be stored as if no token mattered; use deeplift"
     ),
-    "input_x_gradient": MethodSpec(
-        "input_x_gradient",
-        "L2 norm of gradient x embedding, per source token",
-        ("native", "inseq"),
-        _options(ATTRIBUTED_FN, TARGET_CHUNK),
+    "layer_integrated_gradients": (
+        "Inseq 0.7.1's layer integrated gradients returns all-zero scores with the installed transformers and Captum "
+        "(SmolLM2 included), which would be stored as if no token mattered; use integrated_gradients"
     ),
-    "integrated_gradients": MethodSpec(
-        "integrated_gradients",
-        "gradients integrated from an UNK baseline to the input (Captum/Inseq rule)",
-        ("native", "inseq"),
-        _options(N_STEPS, ATTRIBUTED_FN, TARGET_CHUNK),
-    ),
-    "attention": MethodSpec(
-        "attention",
-        "attention weights of the chosen layers and heads, averaged",
-        ("native", "inseq"),
-        _options(LAYERS, HEADS),
+    "value_zeroing": (
+        "Inseq 0.7.1's value zeroing cannot hook the installed transformers' models: it expects each decoder "
+        "layer to return a tuple (Llama's now returns a tensor: TypeError) and finds no value assignment in GPT-2's "
+        "attention; use attention or occlusion"
     ),
 }
+
+#: Where ReAGent's English POS tagger data lives inside an NLTK data directory.
+NLTK_TAGGER_RESOURCE = "taggers/averaged_perceptron_tagger_eng/"
+
+#: The native methods' entries come with their objects (engine/methods.py), so a new one is added there.
+_NATIVE: dict[str, MethodSpec] = {name: method.spec for name, method in NATIVE_METHODS.items()}
 
 _INSEQ_SUMMARIES = {
     "deeplift": "DeepLIFT on input embeddings (Inseq)",
@@ -161,7 +84,7 @@ _INSEQ_ONLY: dict[str, MethodSpec] = {
         name,
         _INSEQ_SUMMARIES.get(name, f"{name} (Inseq)"),
         ("inseq",),
-        _options(N_STEPS) if "integrated" in name else {},
+        option_table(N_STEPS) if "integrated" in name else {},
     )
     for name in INSEQ_METHODS
     if name not in _NATIVE
@@ -171,7 +94,41 @@ METHODS: dict[str, MethodSpec] = {**_NATIVE, **_INSEQ_ONLY}
 
 
 def list_methods() -> list[MethodSpec]:
+    """Every method TokenLens knows, runnable or not (see `refusal_reason`)."""
     return [METHODS[name] for name in sorted(METHODS)]
+
+
+def refusal_reason(name: str) -> str | None:
+    """Why `name` can't run in this environment (one line that says the fix where there is one), or None."""
+    if name in REFUSED_INSEQ_METHODS:
+        return REFUSED_INSEQ_METHODS[name]
+    if name == "reagent":
+        return _reagent_refusal()
+    return None
+
+
+def runnable_methods() -> list[MethodSpec]:
+    """The methods that run here: what `tokenlens methods` lists as runnable."""
+    return [spec for spec in list_methods() if refusal_reason(spec.name) is None]
+
+
+def _reagent_refusal() -> str | None:
+    # Inseq's ReAGent POS-tags the whole vocabulary with NLTK's perceptron tagger, whose data NLTK downloads at
+    # run time. Workers are offline, so the data must already be on the machine; we never download it.
+    import importlib.util
+
+    if importlib.util.find_spec("nltk") is None:
+        return "needs nltk: pip install nltk"
+    import nltk.data
+
+    try:
+        nltk.data.find(NLTK_TAGGER_RESOURCE)
+    except LookupError:
+        return (
+            "needs NLTK's English POS tagger data, which TokenLens does not download: install it once with "
+            "`python -m nltk.downloader averaged_perceptron_tagger_eng` (or point NLTK_DATA at a copy)"
+        )
+    return None
 
 
 def get_method(name: str) -> MethodSpec:
@@ -184,6 +141,9 @@ def get_method(name: str) -> MethodSpec:
 def resolve_engine(method: str, engine: str = "auto") -> str:
     """The engine that runs `method`: native where one exists, unless Inseq is forced."""
     spec = get_method(method)
+    refused = refusal_reason(method)
+    if refused is not None:
+        raise MethodOptionError(f"method {method!r} can't run here: {refused}")
     if engine not in ENGINES:
         raise MethodOptionError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     if engine == "auto":

@@ -26,6 +26,9 @@ class PromptInput:
     target_ids: list[int] | None = None
     #: The text that was tokenized into `input_ids` (the prompt with its chat template).
     model_text: str = ""
+    #: Per output token, the token a contrastive attributed function differentiates instead (contrast_prob,
+    #: contrast_logit); aligned with the continuation, so its length is the number of output tokens.
+    contrast_ids: list[int] | None = None
 
 
 @dataclass

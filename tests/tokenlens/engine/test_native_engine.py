@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from tokenlens.engine import native
+from tokenlens.engine import gradient_pass, native
 from tokenlens.engine.generation import generate_greedy
+from tokenlens.engine.layout import MAX_SEGMENTS, Item, build_layout
+from tokenlens.engine.methods import NATIVE_METHODS, GradientMethod
 from tokenlens.engine.native import attribute_native
 from tokenlens.engine.registry import validate_options
 from tokenlens.engine.types import AttributionOutput, PromptFailure, PromptInput
@@ -218,10 +220,10 @@ def test_chunking_equals_no_chunking(tiny_gpt2: LoadedModel, method: str) -> Non
 
 def test_long_continuations_split_segments_into_several_backward_calls(tiny_llama: LoadedModel) -> None:
     target = tiny_llama.tokenizer(" ".join(["and then the fox ran far away"] * 12)).input_ids
-    assert len(target) > 8 * native.MAX_SEGMENTS  # so segments are longer than a chunk of 3
+    assert len(target) > 8 * MAX_SEGMENTS  # so segments are longer than a chunk of 3
     prompt = make_prompt(tiny_llama, TEXTS[1], target=target)
-    layout = native._layout(tiny_llama, [native._Item(0, prompt, target)])
-    assert len(native._segment_bounds(layout, native._segment_length(layout, 3))) - 1 <= native.MAX_SEGMENTS + 1
+    layout = build_layout(tiny_llama, [Item(0, prompt, target)])
+    assert len(layout.segment_bounds(layout.segment_length(3))) - 1 <= MAX_SEGMENTS + 1
     whole = ok(attribute_native(tiny_llama, [prompt], "saliency", options("saliency", target_chunk=64))[0])
     pieces = ok(attribute_native(tiny_llama, [prompt], "saliency", options("saliency", target_chunk=3))[0])
     assert pieces.method_params["target_chunk"] == 3
@@ -232,8 +234,10 @@ def test_integration_steps_split_across_passes_equal_one_pass(tiny_gpt2: LoadedM
     prompt = make_prompt(tiny_gpt2, TEXTS[0], max_new_tokens=4)
     opts = options("integrated_gradients", n_steps=6)
     one_pass = ok(attribute_native(tiny_gpt2, [prompt], "integrated_gradients", opts)[0])
-    layout_items = [native._Item(0, prompt, one_pass.output_ids)]
-    split = native._gradient_batch(tiny_gpt2, layout_items, "integrated_gradients", opts, chunk=2, step_group=4)
+    method = NATIVE_METHODS["integrated_gradients"]
+    assert isinstance(method, GradientMethod)
+    layout_items = [Item(0, prompt, one_pass.output_ids)]
+    split = gradient_pass.gradient_batch(tiny_gpt2, layout_items, method, opts, chunk=2, step_group=4)
     assert_close_relative(split.scores[0], one_pass.scores, 1e-5)
 
 
@@ -270,7 +274,7 @@ def test_out_of_memory_halves_chunk_then_batch(tiny_llama: LoadedModel, monkeypa
     calls: list[tuple[int, int]] = []
 
     def short_of_memory(
-        loaded: LoadedModel, items: list[Any], method: str, opts: dict[str, Any], chunk: int, step_group: int
+        loaded: LoadedModel, items: list[Any], method: Any, opts: dict[str, Any], chunk: int, step_group: int
     ) -> Any:
         calls.append((len(items), chunk))
         if chunk > 1 or len(items) > 1:  # only one prompt, one target at a time fits
@@ -338,14 +342,14 @@ def test_parameters_are_frozen_only_while_attributing(tiny_gpt2: LoadedModel) ->
     parameters[0].requires_grad_(True)
     parameters[1].requires_grad_(False)
     seen: list[bool] = []
-    real = native._gradient_batch
+    real = gradient_pass.gradient_batch
 
     def spy(*args: Any) -> Any:
         seen.append(any(p.requires_grad for p in tiny_gpt2.model.parameters()))
         return real(*args)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(native, "_gradient_batch", spy)
+        patch.setattr(gradient_pass, "gradient_batch", spy)
         ok(attribute_native(tiny_gpt2, [make_prompt(tiny_gpt2, TEXTS[1])], "saliency", options("saliency"))[0])
     assert seen == [False]
     assert parameters[0].requires_grad and not parameters[1].requires_grad
