@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 from tokenlens.engine.native import attribute_native
 from tokenlens.engine.registry import validate_options
 from tokenlens.engine.types import AttributionOutput, PromptInput
-from tokenlens.errors import TokenLensError
+from tokenlens.errors import MethodOptionError, TokenLensError
 from tokenlens.models import LoadedModel, check_closed_form_head, head_transform, load_model, text_config
 from tokenlens.pipeline import run_engine
 
@@ -252,6 +252,9 @@ def test_a_refused_model_fails_every_prompt_for_good_without_running(tokenizer_d
     assert not isinstance(failure, AttributionOutput)
     assert failure.permanent and failure.error_type == "UnsupportedModelError"
     assert "logits_scaling=8.0" in failure.message
+    # The engine's own entry point refuses it too, naming the field (the same list).
+    with pytest.raises(MethodOptionError, match=r"logits_scaling=8\.0"):
+        attribute_native(loaded, [prompt], "saliency", options)
     # Attention weights don't go through the head gradient: that method still runs on the same model.
     (attended,) = run_engine(loaded, [prompt], "attention", "native", validate_options("attention", {}), {})
     assert isinstance(attended, AttributionOutput)
