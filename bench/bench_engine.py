@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from report_sections import sections  # bench/ is on sys.path when this file runs
+from report_sections import replace_section, sections  # bench/ is on sys.path when this file runs
 
 HERE = Path(__file__).resolve().parent
 
@@ -328,6 +328,72 @@ def write_report(out_dir: Path, meta: dict[str, Any], reports: list[MethodReport
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
+# --------------------------------------------------------------------------- throughput at scale
+
+
+def throughput(
+    loaded: Any, method: str, count: int, new_tokens: int, batch_size: int, compile_passes: bool
+) -> dict[str, Any]:
+    """Steady-state prompts per hour over `count` prompts, attributed `batch_size` at a time as a worker does.
+
+    One warm-up batch runs first (allocator, kernels) and is not counted. With `compile_passes` the model body the
+    gradient passes call is wrapped in torch.compile before the warm-up, and the compile time is counted: it is
+    reported apart and included in the end-to-end rate.
+    """
+    import torch
+
+    from tokenlens.engine.native import attribute_native
+    from tokenlens.engine.registry import validate_options
+
+    compile_s = 0.0
+    if compile_passes:
+        body = loaded.model.base_model
+        body.forward = torch.compile(body.forward, dynamic=True)
+    options = validate_options(method, {})
+    texts = [chat_text(loaded, PROMPTS[i % len(PROMPTS)]) for i in range(count)]
+    started = time.perf_counter()
+    attribute_native(loaded, [prompt_input(loaded, "warm", texts[0], new_tokens)], method, options)
+    warm_s = time.perf_counter() - started
+    if compile_passes:
+        compile_s = warm_s  # the first call pays the compilation (later shapes may recompile: counted below)
+    failed = 0
+    started = time.perf_counter()
+    for first in range(0, count, batch_size):
+        batch = [
+            prompt_input(loaded, f"p{i}", texts[i], new_tokens) for i in range(first, min(first + batch_size, count))
+        ]
+        failed += sum(not hasattr(r, "scores") for r in attribute_native(loaded, batch, method, options))
+    steady_s = time.perf_counter() - started
+    return {
+        "method": method, "prompts": count, "new_tokens": new_tokens, "batch_size": batch_size,
+        "compile": compile_passes, "compile_s": compile_s, "steady_s": steady_s, "failed": failed,
+        "prompts_per_hour": count / steady_s * 3600,
+        "prompts_per_hour_with_compile": count / (steady_s + compile_s) * 3600,
+    }  # fmt: skip
+
+
+def throughput_section(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "## Throughput at scale (`bench/bench_engine.py --throughput N`)",
+        "",
+        f"{meta['model']} on {meta['device']} ({meta['dtype']}), {meta['date']}: `{meta['command']}`. "
+        "Steady state after one warm-up batch; with `--compile` the compile time is shown and counted "
+        "in the last column.",
+        "",
+        "| method | prompts x new tokens | batch | torch.compile | compile (s) | steady (s) | prompts/hour | "
+        "prompts/hour incl. compile | failed |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['method']} | {r['prompts']} x {r['new_tokens']} | {r['batch_size']} | "
+        f"{'yes' if r['compile'] else 'no'} | "
+        f"{r['compile_s']:.1f} | {r['steady_s']:.1f} | {r['prompts_per_hour']:,.0f} | "
+        f"{r['prompts_per_hour_with_compile']:,.0f} | {r['failed']} |"
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -339,7 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--no-seed-api", action="store_true", help="skip the single-prompt seed API case")
     parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--throughput", type=int, metavar="N", help="only: steady-state prompts/hour over N prompts")
+    parser.add_argument("--compile", action="store_true", help="with --throughput: also torch.compile the passes")
+    parser.add_argument("--device", default="cpu", help="with --throughput: cpu or cuda")
+    parser.add_argument("--dtype", default="auto", help="with --throughput: auto (bfloat16 on CUDA), float32, ...")
     args = parser.parse_args(argv)
+    if args.throughput:
+        return main_throughput(args, argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -390,6 +462,35 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_report(args.out_dir, meta, reports, seed)
     print((args.out_dir / "results.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def main_throughput(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """`--throughput N`: saliency without and (with `--compile`) with torch.compile; a section of results.md."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from tokenlens.models import load_model
+    from tokenlens.pipeline import engine_batch_size_for
+
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    batch = engine_batch_size_for("native", loaded.device)
+    method = args.methods.split(",")[0] if args.methods != ",".join(METHODS) else "saliency"
+    rows = [throughput(loaded, method, args.throughput, args.new_tokens, batch, compile_passes=False)]
+    log(f"throughput: {rows[-1]['prompts_per_hour']:,.0f} prompts/hour")
+    if args.compile:
+        rows.append(throughput(loaded, method, args.throughput, args.new_tokens, batch, compile_passes=True))
+        log(
+            f"with torch.compile: {rows[-1]['prompts_per_hour']:,.0f} prompts/hour "
+            f"(compile {rows[-1]['compile_s']:.0f}s)"
+        )
+    meta = {
+        "model": args.model, "device": loaded.device, "dtype": loaded.dtype, "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join(["python", "bench/bench_engine.py", *(argv or sys.argv[1:])]),
+    }  # fmt: skip
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    section = throughput_section(rows, meta)
+    replace_section(args.out_dir / "results.md", "throughput", section)
+    (args.out_dir / "throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(section)
     return 0
 
 

@@ -16,6 +16,7 @@ from tokenlens import defaults
 from tokenlens.cli_options import (
     attribution_options,
     broker_option,
+    dry_run_options,
     method_flags,
     method_options,
     model_option,
@@ -39,6 +40,7 @@ from tokenlens.settings import Settings
     "--batch-size", type=int, default=defaults.SUBMIT_BATCH_SIZE, show_default=True, help="Prompts per queued batch."
 )
 @method_options
+@dry_run_options
 def submit_command(
     prompts: Path,
     model: str,
@@ -51,6 +53,9 @@ def submit_command(
     max_new_tokens: int,
     chat: bool,
     result_format: str,
+    dry_run: bool,
+    gpu_class: str,
+    gpu_memory: float | None,
     **flags: Any,
 ) -> None:
     """Validate PROMPTS and queue them, in batches, for workers running MODEL.
@@ -77,6 +82,12 @@ def submit_command(
         engine=engine, method_params=method_flags(flags), max_new_tokens=max_new_tokens, chat_template=chat,
         batch_size=batch_size, result_format=result_format,
     )  # fmt: skip
+    if dry_run:  # the workers' dtype decides; "auto" is theirs by default (bfloat16 on a GPU)
+        from tokenlens.estimate import dry_run_lines
+
+        lines = dry_run_lines(spec, source, gpu_class=gpu_class, gpu_memory_gb=gpu_memory, dtype=defaults.DTYPE)
+        click.echo("\n".join(lines))
+        return
     report = submit_run(spec, source, broker_url=settings.broker_url, signing_key=settings.queue_key)
     verb = "resumed" if report.resumed else "submitted"
     click.echo(

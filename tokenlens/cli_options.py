@@ -18,7 +18,7 @@ import click
 from tokenlens import defaults
 from tokenlens.engine.options import ATTRIBUTED_FNS
 from tokenlens.engine.registry import ENGINES
-from tokenlens.models import DTYPES
+from tokenlens.models import DTYPE_CHOICES
 from tokenlens.prompt_sets import PromptSource
 from tokenlens.result_codec import FORMAT_CHOICES
 
@@ -77,8 +77,18 @@ def device_option(default: str | None, help: str) -> Callable[[F], F]:
     return click.option("--device", default=default, show_default=default is not None, help=help)
 
 
-def dtype_option() -> Callable[[F], F]:
-    return click.option("--dtype", type=click.Choice(DTYPES), default=defaults.DTYPE, show_default=True)
+def dtype_option(default: str | None = defaults.DTYPE, help_suffix: str = "") -> Callable[[F], F]:
+    """`--dtype`: auto is bfloat16 on CUDA and float32 on the CPU; results record the resolved dtype."""
+    return click.option(
+        "--dtype",
+        type=click.Choice(DTYPE_CHOICES),
+        default=default,
+        show_default=default is not None,
+        help=(
+            "Weights and activations: auto = bfloat16 on CUDA, float32 on CPU (float16 is refused for gradients)"
+            f"{help_suffix}."
+        ),
+    )
 
 
 def attribution_options(func: F) -> F:
@@ -139,6 +149,33 @@ def method_options(func: F) -> F:
             "--target-chunk",
             type=int,
             help="Output tokens per backward pass (native gradient methods); halved on out-of-memory.",
+        ),
+    )(func)
+
+
+GPU_CLASS_CHOICES = ("h100", "h200", "a100", "l4", "cpu")
+
+
+def dry_run_options(func: F) -> F:
+    """`--dry-run` (estimate, run nothing), `--gpu-class` and `--gpu-memory`, shared by `run` and `submit`."""
+    return stack(
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Tokenize the prompts and print an estimate (tokens, FLOPs, time, memory, result bytes); run nothing.",
+        ),
+        click.option(
+            "--gpu-class",
+            type=click.Choice(GPU_CLASS_CHOICES),
+            default="h100",
+            show_default=True,
+            help="Device the --dry-run estimate is for (cpu: this machine, measured).",
+        ),
+        click.option(
+            "--gpu-memory",
+            type=click.FloatRange(min=0, min_open=True),
+            metavar="GIB",
+            help="Memory per device for the --dry-run estimate (default: the class's, e.g. 80 for h100).",
         ),
     )(func)
 

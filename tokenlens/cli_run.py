@@ -16,6 +16,7 @@ from tokenlens import defaults
 from tokenlens.cli_options import (
     attribution_options,
     device_option,
+    dry_run_options,
     dtype_option,
     method_flags,
     method_options,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     "--show/--no-show", default=None, help="Print each prompt's strongest sources (default: for <= 10 prompts)."
 )
 @method_options
+@dry_run_options
 def run_command(
     prompts: Path,
     model: str,
@@ -77,6 +79,9 @@ def run_command(
     dtype: str,
     max_attempts: int | None,
     show: bool | None,
+    dry_run: bool,
+    gpu_class: str,
+    gpu_memory: float | None,
     **flags: Any,
 ) -> None:
     """Attribute every prompt in PROMPTS with one model, in this process, and store the results.
@@ -94,12 +99,28 @@ def run_command(
       tokenlens run prompts.txt --model Qwen/Qwen2.5-0.5B-Instruct --device cuda --dtype bfloat16
     """
     from tokenlens.embedded import run_embedded
+    from tokenlens.models import check_dtype_for_method, resolve_device, resolve_dtype_name
     from tokenlens.plan import plan_run
     from tokenlens.spec import RunSpec, new_run_id
 
     settings = Settings.from_env(results_url=results_url, max_attempts=max_attempts)
-    # Everything cheap is validated before the model loads (seconds to minutes).
     source = prompt_source(prompts, flags)
+    if dry_run:
+        from tokenlens.estimate import dry_run_lines
+
+        spec = RunSpec(
+            run_id=run_id or new_run_id(method), model=model, results_url=settings.results_url, method=method,
+            engine=engine, method_params=method_flags(flags), max_new_tokens=max_new_tokens, chat_template=chat,
+            batch_size=batch_size, result_format=result_format,
+        )  # fmt: skip
+        check_dtype_for_method(dtype, method)
+        lines = dry_run_lines(spec, source, gpu_class=gpu_class, gpu_memory_gb=gpu_memory, dtype=dtype)
+        click.echo("\n".join(lines))
+        return
+    # Everything cheap is validated before the model loads (seconds to minutes). "auto" is resolved here, so
+    # that the run's identity (and a resume's check) holds the dtype the model really computes in.
+    dtype = resolve_dtype_name(dtype, resolve_device(device))
+    check_dtype_for_method(dtype, method)
     spec = RunSpec(
         run_id=run_id or new_run_id(method), model=model, results_url=settings.results_url, method=method,
         engine=engine, method_params=method_flags(flags), max_new_tokens=max_new_tokens, chat_template=chat,

@@ -32,8 +32,10 @@ CHAT_TEMPLATE: Final = True
 DEVICE: Final = "auto"
 """Where the model runs: the GPU when CUDA sees one, else the CPU."""
 
-DTYPE: Final = "float32"
-"""Weights and activations in float32: exact gradients; pass bfloat16 on GPUs for speed and memory."""
+DTYPE: Final = "auto"
+"""The dtype models compute in: "auto" is bfloat16 on CUDA (several times float32's speed, half its memory,
+float32's exponent range so gradients don't underflow) and float32 on the CPU (exact; bfloat16 is slower
+there). The resolved dtype is what results and resume identity record (`tokenlens.models.resolve_dtype_name`)."""
 
 RESULTS_URL: Final = "./results"
 """Where results go without `--results` or TOKENLENS_RESULTS: a directory under the working directory."""
@@ -50,9 +52,22 @@ SUBMIT_BATCH_SIZE: Final = 8
 is one sub-batch and a lost worker costs at most that many prompts' work."""
 
 ENGINE_BATCH_SIZES: Final[Mapping[str, int]] = MappingProxyType({"native": 8, "inseq": 1})
-"""Prompts handed to an engine at once (`tokenlens run --batch-size`, and the worker's sub-batches).
+"""Prompts handed to an engine at once on the CPU (`tokenlens run --batch-size`, and the worker's sub-batches).
 The native engine batches generation and backward passes; Inseq attributes one prompt at a time.
 A stop request (SIGTERM, cancel, time limit) takes effect between such groups."""
+
+GPU_ENGINE_BATCH_SIZES: Final[Mapping[str, int]] = MappingProxyType({"native": 64, "inseq": 1})
+"""The same on a CUDA device. A GPU needs hundreds of rows per backward call to be compute bound, which a
+135M-8B model's graph for 64 prompts of a few hundred tokens gives; the engine's memory planner still splits
+what does not fit, so this is a cap, not a promise. A stop request waits for at most this many prompts."""
+
+MAX_PADDING_RATIO: Final = 1.15
+"""Largest padded area (prompts x longest length) per real token when the engine groups prompts itself on the
+CPU: padding costs full price in every backward pass, and two cores are busy with a few hundred rows anyway."""
+
+GPU_MAX_PADDING_RATIO: Final = 1.5
+"""The same on a CUDA device: a half-empty GPU wastes more than a third of padded positions would, so batches
+may mix lengths more before a new group starts."""
 
 MAX_ATTEMPTS: Final = 3
 """Tries per prompt before it becomes an error record (TOKENLENS_MAX_ATTEMPTS): a transient failure gets

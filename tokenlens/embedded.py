@@ -33,7 +33,7 @@ def run_embedded(
     """
     from tqdm import tqdm
 
-    size = spec.batch_size or engine_batch_size_for(spec.resolved_engine)
+    size = spec.batch_size or engine_batch_size_for(spec.resolved_engine, loaded.device)
     total = BatchReport()
     started = time.perf_counter()
     attempts: dict[str, int] = {}

@@ -13,19 +13,64 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tokenlens import defaults
-from tokenlens.errors import ModelLoadError, UnknownModelAliasError
+from tokenlens.errors import ModelLoadError, TokenLensError, UnknownModelAliasError
 from tokenlens.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEVICES_HELP = "auto|cpu|cuda|cuda:N"
+#: The dtypes a model can compute in; what metadata and resume identity record.
 DTYPES = ("float32", "float16", "bfloat16")
+#: What `--dtype` accepts: a dtype, or "auto" (bfloat16 on CUDA, float32 on the CPU; `resolve_dtype_name`).
+DTYPE_CHOICES = ("auto", *DTYPES)
+#: Methods that differentiate the model: in float16 their small cotangents underflow (5 exponent bits), so
+#: a float16 run of them is refused (`check_dtype_for_method`).
+GRADIENT_METHODS = frozenset(
+    {
+        "saliency",
+        "input_x_gradient",
+        "integrated_gradients",
+        "deeplift",
+        "discretized_integrated_gradients",
+        "gradient_shap",
+        "layer_deeplift",
+        "layer_gradient_x_activation",
+        "layer_integrated_gradients",
+        "sequential_integrated_gradients",
+    }
+)
+
+
+#: Config fields that change the logits after the LM head, or the hidden state between the last layer and the
+#: head. The native engine's head gradient is written in closed form for `logits = lm_head(last_hidden_state)`,
+#: so with any of these set (not neutral) it would be silently wrong: such models are refused for gradient methods.
+HEAD_TRANSFORM_FIELDS: dict[str, str] = {
+    "final_logit_softcapping": "Gemma-2/3: logits = c * tanh(logits / c)",
+    "logits_soft_cap": "RecurrentGemma: logits = c * tanh(logits / c)",
+    "output_logit_soft_cap": "xLSTM: logits = c * tanh(logits / c)",
+    "logit_scale": "Cohere: logits * logit_scale",
+    "logits_scaling": "Granite: logits / logits_scaling",
+    "output_multiplier_scale": "logits * output_multiplier_scale",
+    "lm_head_multiplier": "Falcon-H1: logits * lm_head_multiplier",
+    "logits_mup_width_multiplier": "muP: logits scaled by the width multiplier",
+    "mup_width_multiplier": "muP: logits scaled by the width multiplier",
+    "dim_model_base": "MiniCPM: last hidden state / (hidden_size / dim_model_base) before the head",
+    "scale_width": "MiniCPM: last hidden state / scale_width before the head",
+}
+#: Any other field whose name says it scales, caps or multiplies the logits or the LM head is refused too, so a
+#: family released after this list is not attributed wrongly in silence.
+_HEAD_TRANSFORM_NAME = re.compile(r"(logit|lm_head).*(scal|cap|multiplier)|(scal|cap|multiplier).*(logit|lm_head)")
+#: Fields that match that pattern but act inside the layers (attention scores, MoE routing), where the engine's
+#: backward pass differentiates them like any other operation. So do residual, embedding and attention
+#: multipliers (Granite's `residual_multiplier`, MiniCPM's `scale_depth`): they need no refusal.
+INSIDE_LAYER_FIELDS = frozenset({"attn_logit_softcapping", "moe_router_logit_softcapping", "router_logit_softcapping"})
 
 
 @dataclass(frozen=True)
@@ -61,12 +106,142 @@ class LoadedModel:
 
     @property
     def context_length(self) -> int | None:
-        config = self.model.config
+        config = text_config(self.model.config)
         for name in ("max_position_embeddings", "n_positions", "n_ctx"):
             value = getattr(config, name, None)
             if isinstance(value, int) and value > 0:
                 return value
         return None
+
+
+def text_config(config: Any) -> Any:
+    """The config of the language model: a multimodal wrapper's `text_config` (Gemma-3 4B and up), else `config`."""
+    if _layer_count(config) is not None:
+        return config
+    getter = getattr(config, "get_text_config", None)
+    if getter is None:
+        return config
+    try:
+        return getter()
+    except ValueError:  # several text configs (an encoder-decoder): no single language model to attribute
+        return config
+
+
+def _layer_count(config: Any) -> int | None:
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def head_transform(config: Any) -> tuple[str, Any] | None:
+    """The first config field (name, value) that transforms the logits or the head's input, or None.
+
+    Looks at the language model's config and, for a multimodal wrapper, the wrapper's own fields too.
+    """
+    configs = [config] if text_config(config) is config else [text_config(config), config]
+    for candidate in configs:
+        fields = candidate.to_dict() if hasattr(candidate, "to_dict") else vars(candidate)
+        for name, value in fields.items():
+            if name in INSIDE_LAYER_FIELDS or not (name in HEAD_TRANSFORM_FIELDS or _HEAD_TRANSFORM_NAME.search(name)):
+                continue
+            if not _is_neutral(name, value, candidate):
+                return name, value
+    return None
+
+
+def _is_neutral(name: str, value: Any, config: Any) -> bool:
+    """Whether `value` leaves the logits as they are: unset, off, 1, or (MiniCPM) a base width equal to the width."""
+    if value is None or value is False or isinstance(value, (str, dict)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_neutral(name, item, config) for item in value)
+    if name == "dim_model_base":
+        return bool(value == getattr(config, "hidden_size", None))
+    return bool(value == 1 or (value == 0 and ("cap" in name)))
+
+
+def check_closed_form_head(config: Any, model_id: str, method: str) -> None:
+    """Refuse, naming the config field, a model whose logits the native engine's closed-form head gradient
+    does not reproduce (a soft cap, a logit scale, a multiplier before or after the LM head)."""
+    found = head_transform(config)
+    if found is None:
+        return
+    name, value = found
+    what = HEAD_TRANSFORM_FIELDS.get(name, "it scales or caps the logits")
+    raise TokenLensError(
+        f"model {model_id}: config field {name}={value!r} ({what}); the native {method} differentiates "
+        "logits = lm_head(hidden) only and would be wrong here: run it with --engine inseq"
+    )
+
+
+def text_only_model(model: Any) -> Any:
+    """The causal language model inside a multimodal wrapper (Gemma-3 4B and up), sharing its weights.
+
+    Such a wrapper's top-level config has no layer count and its body expects images; attribution needs the
+    text decoder and the LM head only. A model that is already a plain causal LM is returned as it is.
+    """
+    config = model.config
+    inner = text_config(config)
+    if inner is config:
+        return model
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if decoder is None or head is None:
+        raise ModelLoadError(
+            f"{type(model).__name__} wraps a language model TokenLens can't reach (no decoder or LM head); "
+            "load its text-only checkpoint instead"
+        )
+    with torch.device("meta"):  # a skeleton only: its two parts are replaced by the wrapper's own
+        text_model = AutoModelForCausalLM.from_config(inner)  # type: ignore[no-untyped-call]
+    text_model.model, text_model.lm_head = decoder, head
+    text_model.config = decoder.config
+    text_model.generation_config = model.generation_config
+    leftover = [name for name, tensor in text_model.state_dict().items() if tensor.is_meta]
+    if leftover:
+        raise ModelLoadError(
+            f"could not take the language model out of {type(model).__name__} ({', '.join(leftover[:3])} missing); "
+            "load its text-only checkpoint instead"
+        )
+    return text_model
+
+
+def load_shape_only(spec: str = defaults.MODEL) -> LoadedModel:
+    """A model's config and tokenizer, and the model built on PyTorch's meta device: every shape, no weights.
+
+    For estimates (`--dry-run`): nothing is read but the config and tokenizer (for a GGUF file: its metadata,
+    or the converted copy in the cache), and nothing is allocated.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    check_model_spec(spec)
+    alias = spec.lower()
+    try:
+        if alias in MODEL_ALIASES or spec.endswith(".gguf"):
+            gguf = _alias_gguf_path(alias) if alias in MODEL_ALIASES else Path(spec).expanduser()
+            if not gguf.is_file():
+                raise ModelLoadError(f"GGUF file {spec} does not exist")
+            cached = cache_dir() / f"{gguf.stem}-{_gguf_cache_key(gguf)}"
+            if (cached / "complete").is_file():
+                config, tokenizer = AutoConfig.from_pretrained(cached), AutoTokenizer.from_pretrained(cached)
+            else:
+                folder, name = str(gguf.parent), gguf.name
+                config = AutoConfig.from_pretrained(folder, gguf_file=name)
+                tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        else:
+            config, tokenizer = AutoConfig.from_pretrained(spec), AutoTokenizer.from_pretrained(spec)
+    except OSError as exc:
+        raise ModelLoadError(f"could not read the config and tokenizer of {spec!r}: {exc}") from exc
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    info = {"model_class": type(model).__name__, "model_type": config.model_type}
+    return LoadedModel(spec, text_only_model(model), tokenizer, "meta", "float32", info=info)
 
 
 def looks_like_alias(spec: str) -> bool:
@@ -108,11 +283,33 @@ def resolve_device(device: str) -> str:
     raise ModelLoadError(f"unknown device {device!r}; use one of {DEVICES_HELP}")
 
 
+def resolve_dtype_name(dtype: str, device: str) -> str:
+    """The concrete dtype `dtype` means on `device` (a resolved device): "auto" is bfloat16 on CUDA, float32 on CPU.
+
+    bfloat16 keeps float32's exponent range, so gradients don't underflow, and GPUs run it at several times
+    float32's (even TF32's) matmul rate; on the CPU bfloat16 is slower than float32 and loses precision.
+    """
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_CHOICES)}")
+    return dtype
+
+
+def check_dtype_for_method(dtype: str, method: str) -> None:
+    """Refuse float16 for gradient methods: cotangents below ~6e-8 flush to zero and attributions go silently 0."""
+    if dtype == "float16" and method in GRADIENT_METHODS:
+        raise TokenLensError(
+            f"--dtype float16 with the gradient method {method!r}: small gradients underflow to zero in float16; "
+            "use --dtype bfloat16 (same speed on GPUs, float32's range) or float32"
+        )
+
+
 def resolve_dtype(dtype: str) -> Any:
     import torch
 
     if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_CHOICES)}")
     return getattr(torch, dtype)
 
 
@@ -223,6 +420,7 @@ def load_model(
 
     started = time.perf_counter()
     resolved_device = resolve_device(device)
+    dtype = resolve_dtype_name(dtype, resolved_device)
     torch_dtype = resolve_dtype(dtype)
     check_model_spec(spec)
     alias = spec.lower()
@@ -265,6 +463,7 @@ def load_model(
     if tokenizer.pad_token_id is None:
         # Batched generation pads; EOS is the conventional pad for causal LMs.
         tokenizer.pad_token = tokenizer.eos_token
+    model = text_only_model(model)
     model.to(resolved_device)
     model.eval()
     elapsed = time.perf_counter() - started

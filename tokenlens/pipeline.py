@@ -21,7 +21,7 @@ from tokenlens.engine.options import CONTRASTIVE_FNS
 from tokenlens.engine.registry import resolve_engine, validate_options
 from tokenlens.engine.types import AttributionOutput, PromptFailure, PromptInput
 from tokenlens.errors import TokenLensError
-from tokenlens.models import LoadedModel
+from tokenlens.models import GRADIENT_METHODS, LoadedModel, check_closed_form_head
 from tokenlens.progress import stored_result_state
 from tokenlens.results import RunStore
 from tokenlens.schema import (
@@ -66,9 +66,10 @@ def result_done(store: RunStore, prompt_id: str) -> bool:
     return state == "done"
 
 
-def engine_batch_size_for(engine: str) -> int:
-    """Prompts handed to `engine` at once by default; `should_stop` is polled between such groups."""
-    return defaults.ENGINE_BATCH_SIZES.get(engine, 1)
+def engine_batch_size_for(engine: str, device: str = "cpu") -> int:
+    """Prompts handed to `engine` at once by default on `device`; `should_stop` is polled between such groups."""
+    sizes = defaults.GPU_ENGINE_BATCH_SIZES if device.startswith("cuda") else defaults.ENGINE_BATCH_SIZES
+    return sizes.get(engine, 1)
 
 
 @dataclass
@@ -115,6 +116,11 @@ def run_engine(
     generation_params: dict[str, Any],
 ) -> list[AttributionOutput | PromptFailure]:
     """Dispatch to the native engine or Inseq; an engine-wide crash fails every prompt given to it."""
+    if engine == "native" and method in GRADIENT_METHODS:
+        try:
+            check_closed_form_head(loaded.model.config, loaded.model_id, method)
+        except TokenLensError as exc:  # the model, not the prompt: no attempt would ever succeed
+            return [PromptFailure(p.prompt_id, "UnsupportedModelError", str(exc), permanent=True) for p in prompts]
     try:
         if engine == "native":
             from tokenlens.engine.native import attribute_native
@@ -315,7 +321,7 @@ def process_batch(
         except TokenLensError as exc:
             fail(record.id, type(exc).__name__, str(exc), permanent=True)
 
-    size = engine_batch_size or engine_batch_size_for(engine)
+    size = engine_batch_size or engine_batch_size_for(engine, loaded.device)
     groups = _chunks(prepared, size)
     for index, group in enumerate(groups):
         if should_stop is not None and should_stop():

@@ -71,7 +71,7 @@ Examples:
     help=f"Address the metrics server listens on (default: $TOKENLENS_METRICS_HOST, else {METRICS_HOST}).",
 )
 @device_option(None, "auto|cpu|cuda (default: cuda with --gpu, else auto).")
-@dtype_option()
+@dtype_option(None, f" (default: $TOKENLENS_DTYPE, else {defaults.DTYPE})")
 @click.option("--hostname", help="Celery node name (default: tokenlens-<pid>@<host>).")
 @click.option("--loglevel", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 def worker_command(
@@ -83,7 +83,7 @@ def worker_command(
     metrics_port: int | None,
     metrics_host: str | None,
     device: str | None,
-    dtype: str,
+    dtype: str | None,
     hostname: str | None,
     loglevel: str,
 ) -> None:
@@ -121,7 +121,7 @@ def worker_command(
     start_runtime(
         model,
         device=device or ("cuda" if gpu is not None else defaults.DEVICE),
-        dtype=dtype,
+        dtype=dtype or settings.worker_dtype,
         settings=settings,
         metrics_port=metrics_port,
         results_urls=results_urls,

@@ -115,7 +115,9 @@ def start_runtime(
         metrics.serve(metrics_port, host=settings.metrics_host)
     log.info("loading model %s (device %s, %s)", model, device, dtype)
     loaded = load_model(model, device=device, dtype=dtype)
-    log.info("loaded %s on %s in %.1fs", model, loaded.device, loaded.load_time_s)
+    log.info("loaded %s on %s (%s) in %.1fs", model, loaded.device, loaded.dtype, loaded.load_time_s)
+    if loaded.dtype == "float16":
+        log.warning("float16: gradient methods underflow to zero in it; start the worker with --dtype bfloat16")
     if metrics is not None:
         metrics.model_load.set(loaded.load_time_s)
     _current = WorkerRuntime(

@@ -114,6 +114,22 @@ def test_run_with_a_contrastive_function_records_it_and_the_contrast(tiny_llama_
     assert again.returncode == 2 and "attributed_fn" in again.stderr
 
 
+def test_dtype_auto_is_recorded_resolved_and_resumes_as_that_dtype(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path, [json.dumps({"id": "a", "prompt": "Hello"})])
+    results = tmp_path / "results"
+    common = ["run", str(prompts), "--model", str(tiny_llama_dir), "--results", str(results), "--run-id", "d1"]
+    first = tokenlens(*common, "--max-new-tokens", "2")  # --dtype auto: float32 on this CPU
+    assert first.returncode == 0, first.stderr
+    stored = decode_result((results / "runs/d1/results/a.json").read_bytes())
+    assert stored.metadata.dtype == "float32"
+    assert RunManifest.model_validate_json((results / "runs/d1/run.json").read_bytes()).dtype == "float32"
+    again = tokenlens(*common, "--max-new-tokens", "2", "--dtype", "float32")  # the same run, said explicitly
+    assert again.returncode == 0, again.stderr
+    assert "1 already done" in again.stdout
+    other = tokenlens(*common, "--max-new-tokens", "2", "--dtype", "bfloat16")
+    assert other.returncode == 2 and "dtype" in other.stderr
+
+
 @pytest.mark.parametrize(
     ("lines", "args", "expected"),
     [
@@ -128,6 +144,7 @@ def test_run_with_a_contrastive_function_records_it_and_the_contrast(tiny_llama_
             ["--attributed-fn", "contrast_prob"],
             "prompts.jsonl:2: prompt 'b' has no 'contrast_target'",
         ),
+        (['{"prompt": "ok"}'], ["--dtype", "float16"], "--dtype float16 with the gradient method 'saliency'"),
     ],
 )
 def test_bad_input_fails_before_the_model_loads_and_writes_nothing(

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tokenlens.errors import ModelLoadError, UnknownModelAliasError
-from tokenlens.models import cache_dir, check_model_spec, load_model
+from tokenlens import defaults
+from tokenlens.errors import ModelLoadError, TokenLensError, UnknownModelAliasError
+from tokenlens.models import (
+    cache_dir,
+    check_dtype_for_method,
+    check_model_spec,
+    load_model,
+    resolve_dtype_name,
+)
+from tokenlens.pipeline import engine_batch_size_for
 
 
 def test_unknown_alias_is_refused_before_loading() -> None:
@@ -35,8 +43,33 @@ def test_bad_device_and_dtype() -> None:
         load_model("smollm2-135m-instruct", device="cpu", dtype="float8")
 
 
+def test_dtype_auto_is_bfloat16_on_cuda_and_float32_on_cpu() -> None:
+    assert defaults.DTYPE == "auto"
+    assert resolve_dtype_name("auto", "cuda") == resolve_dtype_name("auto", "cuda:1") == "bfloat16"
+    assert resolve_dtype_name("auto", "cpu") == "float32"
+    assert resolve_dtype_name("float16", "cuda") == "float16"  # asked for by name: kept (and checked per method)
+    with pytest.raises(ModelLoadError, match="unknown dtype 'fp8'; use one of auto, float32"):
+        resolve_dtype_name("fp8", "cpu")
+
+
+def test_float16_is_refused_for_gradient_methods_only() -> None:
+    for method in ("saliency", "input_x_gradient", "integrated_gradients", "gradient_shap"):
+        with pytest.raises(TokenLensError, match="underflow"):
+            check_dtype_for_method("float16", method)
+    check_dtype_for_method("float16", "attention")  # attention weights: no gradient
+    check_dtype_for_method("bfloat16", "saliency")
+
+
+def test_gpu_batches_are_larger_than_cpu_batches() -> None:
+    assert engine_batch_size_for("native", "cuda:0") == defaults.GPU_ENGINE_BATCH_SIZES["native"]
+    assert engine_batch_size_for("native", "cuda:0") > engine_batch_size_for("native", "cpu") == 8
+    assert engine_batch_size_for("inseq", "cuda") == 1  # Inseq attributes one prompt at a time anyway
+    assert defaults.GPU_MAX_PADDING_RATIO > defaults.MAX_PADDING_RATIO
+
+
 def test_tiny_local_directory_loads(tiny_gpt2_dir: Path) -> None:
     loaded = load_model(str(tiny_gpt2_dir), device="cpu")
+    assert loaded.dtype == "float32"  # --dtype auto, resolved for the CPU
     assert loaded.info["model_type"] == "gpt2"
     assert loaded.context_length == 256
     assert loaded.tokenizer.pad_token_id is not None

@@ -22,25 +22,19 @@ from __future__ import annotations
 from typing import Any
 
 from tokenlens.engine.layout import LM_HEAD_ROWS, Layout
-from tokenlens.errors import MethodOptionError
-from tokenlens.models import LoadedModel
+from tokenlens.errors import MethodOptionError, TokenLensError
+from tokenlens.models import LoadedModel, check_closed_form_head
 
-#: Config fields of models whose logits are not just `lm_head(h)`; the closed-form head gradient would be wrong.
-LOGIT_TRANSFORM_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 #: Attributed functions that differentiate the contrast token rather than the output token.
 _CONTRAST_FNS = {"contrast_prob": "probability", "contrast_logit": "logit"}
 
 
 def check_head_supported(loaded: LoadedModel, method: str) -> None:
     """Fail before any work on a model whose logits the closed form can't reproduce exactly."""
-    config = loaded.model.config
-    for name in LOGIT_TRANSFORM_FIELDS:
-        value = getattr(config, name, None)
-        if value not in (None, 1, 1.0):
-            raise MethodOptionError(
-                f"model {loaded.model_id} transforms its logits ({name}={value}); the native {method} can't "
-                "reproduce that exactly yet: run it with --engine inseq"
-            )
+    try:  # one list of logit and head transforms, with its reasons: tokenlens.models.HEAD_TRANSFORM_FIELDS
+        check_closed_form_head(loaded.model.config, loaded.model_id, method)
+    except TokenLensError as exc:
+        raise MethodOptionError(str(exc)) from None
     head = loaded.model.get_output_embeddings()
     if head is None or getattr(head, "weight", None) is None:
         raise MethodOptionError(f"model {loaded.model_id} has no output embedding layer; use --engine inseq")

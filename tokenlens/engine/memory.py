@@ -11,6 +11,7 @@ import contextlib
 import gc
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from tokenlens.engine.layout import MAX_SEGMENTS
 from tokenlens.errors import MethodOptionError
@@ -81,13 +82,27 @@ def memory_model(loaded: LoadedModel) -> MemoryModel:
     element_bytes = torch.finfo(loaded.model.get_input_embeddings().weight.dtype).bits // 8
     device = torch.device(loaded.device)
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        budget = free // 2
+        budget = cuda_budget_bytes(device)
     else:
         budget = CPU_MEMORY_BUDGET_BYTES
         with contextlib.suppress(ValueError, OSError, AttributeError):
             budget = min(budget, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
     return MemoryModel(int(budget), layers, hidden, intermediate, heads, element_bytes)
+
+
+def cuda_budget_bytes(device: Any) -> int:
+    """Half of what this process could allocate on `device`: the driver's free memory plus what PyTorch's
+    caching allocator holds reserved but not allocated (after one long prompt that cache is large, and counting
+    only the driver's free memory shrank every later batch to one prompt for the worker's life)."""
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return usable_bytes(free, torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)) // 2
+
+
+def usable_bytes(driver_free: int, reserved: int, allocated: int) -> int:
+    """Memory a new allocation can use: free on the device, plus cached by PyTorch and not in use."""
+    return driver_free + max(0, reserved - allocated)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenlens import defaults
 from tokenlens.engine.generation import generate_greedy
 from tokenlens.engine.layout import BatchScores, Item
 from tokenlens.engine.memory import CPU_SLOT_ROWS, is_out_of_memory, memory_model, release_memory
@@ -43,10 +44,6 @@ from tokenlens.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
-#: Largest padded area (prompts x longest length) a batch may have per real token when no batch size is
-#: given: padding costs full price in every backward pass, while batching saves little once a pass is
-#: a few hundred rows.
-MAX_PADDING_RATIO = 1.15
 #: Prompts that share a generation forward pass when no batch size is given.
 DEFAULT_GENERATION_BATCH = 16
 
@@ -231,8 +228,10 @@ def _plan_batches(
     loaded: LoadedModel, items: list[Item], method: NativeMethod, options: dict[str, Any], batch_size: int | None
 ) -> list[list[Item]]:
     """Length-sorted batches: `batch_size` prompts each, or as many as fit the memory budget (all their
-    integration steps in one pass) with little padding (MAX_PADDING_RATIO)."""
+    integration steps in one pass) with little padding (defaults.MAX_PADDING_RATIO; more on CUDA)."""
     ordered = sorted(items, key=lambda item: len(item.ids))
+    on_gpu = str(loaded.device).startswith("cuda")
+    padding_ratio = defaults.GPU_MAX_PADDING_RATIO if on_gpu else defaults.MAX_PADDING_RATIO
     memory = memory_model(loaded) if batch_size is None else None
     batches: list[list[Item]] = []
     current: list[Item] = []
@@ -242,7 +241,7 @@ def _plan_batches(
         if memory is None:
             full = batch_size is not None and len(candidate) > batch_size
         else:
-            too_padded = len(candidate) * width > MAX_PADDING_RATIO * sum(len(m.ids) for m in candidate)
+            too_padded = len(candidate) * width > padding_ratio * sum(len(m.ids) for m in candidate)
             full = too_padded or not method.batch_fits(memory, len(candidate), width, options)
         if current and full:
             batches.append(current)
