@@ -262,7 +262,7 @@ def test_resubmitting_a_run_queues_a_corrupt_result_again_and_only_it(tmp_path: 
 
     from producer.submit import submit_run
     from tests.ui.sample_runs import make_result
-    from tokenlens.queue import queue_name
+    from tokenlens.queue import queue_name, session_of
 
     results, prompts = tmp_path / "results", tmp_path / "p.jsonl"
     prompts.write_text("".join(f'{{"id": "{pid}", "prompt": "Prompt {pid}"}}\n' for pid in "abc"))
@@ -276,6 +276,14 @@ def test_resubmitting_a_run_queues_a_corrupt_result_again_and_only_it(tmp_path: 
 
     report = submit_run(spec, prompts, broker_url=broker_url)
     assert report.resumed and report.enqueued_prompts == 1 and report.already_done == 2
-    (message,) = redis.Redis.from_url(broker_url).lrange(queue_name("org/model"), 0, -1)
-    body = json.loads(base64.b64decode(json.loads(message)["body"]))
-    assert [p["id"] for p in body[0][0]["prompts"]] == ["b"]
+    # Resume starts a new session instead of sweeping the queue: the first submit's batch stays queued, and a
+    # worker drops it as stale when it pops it (tests/integration/test_queue_contract.py). Only the new session's
+    # batch is attributed, and it holds the corrupt prompt alone.
+    bodies = [
+        json.loads(base64.b64decode(json.loads(message)["body"]))
+        for message in redis.Redis.from_url(broker_url).lrange(queue_name("org/model"), 0, -1)
+    ]
+    by_session = {session_of(body[1]["batch_id"]): body for body in bodies}
+    assert len(bodies) == 2 and len(by_session) == 2
+    newest = by_session[max(s for s in by_session if s is not None)]
+    assert [p["id"] for p in newest[0][0]["prompts"]] == ["b"]
