@@ -44,7 +44,8 @@ def _bounded_int(request: Request, name: str, default: int, high: int) -> int:
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= high:
+    # isdigit() alone lets through digits int() refuses ("²"): ASCII digits only, or it would be a 500.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= high:
         raise HTTPException(400, f"{name} must be a whole number from 1 to {high}, not {text[:40]!r}")
     return int(text)
 

@@ -92,6 +92,8 @@ def test_new_results_show_up_on_the_next_call(client: TestClient, storage: Stora
         ("/api/views/run-sal/importance?level=word%00", 400, "unknown level"),
         ("/api/views/run-sal/importance?limit=0", 400, "limit"),
         ("/api/views/run-sal/importance?limit=-3", 400, "limit"),
+        ("/api/views/run-sal/importance?limit=%C2%B2", 400, "limit"),
+        ("/api/views/run-sal/importance?limit=%D9%A5", 400, "limit"),
         ("/api/views/run-sal/importance?limit=99999999999999999999", 400, "limit"),
         ("/api/views/run%2F..%2Fx/attention", 400, "encoded"),
         ("/api/views/run-sal/agreement?with=run-sal%2F..%2F..", 400, "run id"),
