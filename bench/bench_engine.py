@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import platform
@@ -29,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from report_sections import replace_section, sections  # bench/ is on sys.path when this file runs
+from inseq_timing import timed_inseq_attribute  # bench/ is on sys.path when this file runs
+from report_sections import replace_section, sections
 
 HERE = Path(__file__).resolve().parent
 
@@ -105,22 +105,8 @@ class InseqResult:
 
 
 def inseq_attribute(loaded: Any, method: str, text: str, max_new_tokens: int, n_steps: int) -> InseqResult:
-    import inseq
-
-    from tokenlens.engine.inseq_engine import distinct_pad_token
-
     kwargs: dict[str, Any] = {"n_steps": n_steps} if method == "integrated_gradients" else {}
-    with distinct_pad_token(loaded):
-        model = inseq.load_model(loaded.model, method, tokenizer=loaded.tokenizer)
-        started = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            output = model.attribute(
-                text,
-                generation_args={"max_new_tokens": max_new_tokens, "do_sample": False},
-                show_progress=False,
-                **kwargs,
-            )
-        seconds = time.perf_counter() - started
+    output, seconds = timed_inseq_attribute(loaded, method, text, max_new_tokens, **kwargs)
     sequence = output.sequence_attributions[0]
     input_ids = [int(t.id) for t in sequence.source]
     output_ids = [int(t.id) for t in sequence.target][len(input_ids) :]

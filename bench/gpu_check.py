@@ -28,9 +28,7 @@ Steps and their budgets (seconds; a step that would start past the total budget 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import io
 import json
 import sys
 import time
@@ -281,21 +279,12 @@ def step_batching(rec: Recorder, loaded: Any, shape: str, new_tokens: int, n_ste
 
 
 def inseq_seconds(loaded: Any, ids: list[int], new_tokens: int) -> float:
-    import inseq
+    from inseq_timing import timed_inseq_attribute  # bench/ is on sys.path when this file runs
 
-    from tokenlens.engine.inseq_engine import distinct_pad_token
-
-    text = loaded.tokenizer.decode(ids)
-    with distinct_pad_token(loaded):
-        model = inseq.load_model(loaded.model, "saliency", tokenizer=loaded.tokenizer)
-        synchronize()
-        started = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            model.attribute(
-                text, generation_args={"max_new_tokens": new_tokens, "do_sample": False}, show_progress=False
-            )
-        synchronize()
-        return time.perf_counter() - started
+    _output, seconds = timed_inseq_attribute(
+        loaded, "saliency", loaded.tokenizer.decode(ids), new_tokens, sync=synchronize
+    )
+    return seconds
 
 
 def step_timing(rec: Recorder, loaded: Any, shape: str, prompts: int, new_tokens: int) -> None:
