@@ -116,6 +116,8 @@ def test_dead_letters_among_good_batches_survive_a_redis_restart(
     assert len(refused) <= len(letters) <= len(refused) + 1
     assert_exactly_one_valid_result(store, ids)
     assert worker.process.poll() is None and worker.process.pid == pid
+    # The worker logs a batch's ids after its results are stored: wait for the last batch's line, don't race it.
+    wait_until(lambda: len(worker.done_ids()) >= len(ids), 30, "the worker to log every batch", poll_s=0.1)
     done = worker.done_ids()
     assert sorted(done) == ids
 
