@@ -111,7 +111,7 @@ class FetchSummary:
 def plan_fetch(storage: Storage, run_id: str, kinds: Iterable[str] = KINDS) -> FetchPlan:
     """List what to fetch; `RunNotFoundError` (with a hint) if the run has no run.json there."""
     store = RunStore(storage, run_id)
-    store.read_manifest()  # an unknown run id fails here, before anything is written
+    store.read_manifest(prompt_ids=False)  # an unknown run id fails here, before anything is written
     # The run's own files (run.json, prompts.jsonl) always come along with the chosen kinds.
     run_files = (store.manifest_key(), store.prompts_key())
     objects = [info for key in run_files for info in storage.list(key) if info.key == key]

@@ -217,7 +217,7 @@ def cancel_run(run_id: str, *, broker_url: str, results_url: str | None = None) 
                 "the run's queue can be found from its run.json"
             )
         try:
-            manifest = RunStore(open_storage(results_url), run_id).read_manifest()
+            manifest = RunStore(open_storage(results_url), run_id).read_manifest(prompt_ids=False)
         except StorageError as exc:
             raise TokenLensError(f"can't read run {run_id!r} under {results_url}: {exc}") from None
         queue = queue_name(manifest.model)

@@ -120,6 +120,14 @@ class Storage(abc.ABC):
     def get(self, key: str) -> bytes:
         """Return the bytes at `key`; `NotFoundError` if there are none."""
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Up to `length` bytes of the object at `key` from byte `start` (fewer at its end, b"" past it);
+        `NotFoundError` if there is none. Lets a reader take the head of a large object (the first page of a
+        100,000-line prompt set) without downloading it. Backends override this whole-object fallback."""
+        if start < 0 or length < 0:
+            raise ValueError(f"a byte range needs start >= 0 and length >= 0, not {start} and {length}")
+        return self.get(key)[start : start + length]
+
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
         """Whether an object exists at `key`."""

@@ -148,6 +148,18 @@ class LocalStorage(Storage):
         except PermissionError:
             raise StorageUnavailableError(f"{key} in {self.url} is not readable (permission denied)") from None
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError(f"a byte range needs start >= 0 and length >= 0, not {start} and {length}")
+        try:
+            with self._path(key).open("rb") as stored:
+                stored.seek(start)
+                return stored.read(length)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFoundError(f"{key} not found in {self.url}") from None
+        except PermissionError:
+            raise StorageUnavailableError(f"{key} in {self.url} is not readable (permission denied)") from None
+
     def md5(self, key: str) -> str:
         digest = hashlib.md5(usedforsecurity=False)
         try:

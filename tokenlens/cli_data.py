@@ -44,7 +44,7 @@ def export_command(run_id: str, results_url: str | None, dest: str, export_forma
 
     settings = Settings.from_env(results_url=results_url)
     store = RunStore(open_storage(settings.results_url), run_id)
-    total = store.read_manifest().prompt_count
+    total = store.read_manifest(prompt_ids=False).prompt_count
     bar = _progress_bar(total, "prompt", f"export {run_id}")
     report = export_run(
         settings.results_url, run_id, dest, export_format=export_format, level=level,

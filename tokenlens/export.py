@@ -460,7 +460,7 @@ def export_run(
         if next(iter(target.list(f"{table}/")), None) is not None:
             # Parts of an earlier export would be read together with the new ones and count twice.
             raise ExportError(f"{dest} already holds an export ({table}/); pass an empty --dest or remove it")
-    entries = _prompt_entries(store, manifest.prompt_ids)
+    entries = _prompt_entries(store, store.prompt_ids(manifest))
     slices = [
         SliceJob(results_url, run_id, dest, export_format, level, index, entries[start : start + PROMPTS_PER_SLICE])
         for index, start in enumerate(range(0, len(entries), PROMPTS_PER_SLICE))
@@ -508,7 +508,7 @@ def export_slice(job: SliceJob) -> ExportReport:
 
 
 def _prompt_entries(store: RunStore, prompt_ids: list[str]) -> list[PromptEntry]:
-    """Every prompt of the run in order (run.json's, then any other stored), with what is stored for it."""
+    """Every prompt of the run in order (the prompt set's, then any other stored), with what is stored for it."""
     results = store.ids("results")
     errors = store.ids("errors")
     texts = {pid: record.prompt for pid, record in store.read_prompts().items()}

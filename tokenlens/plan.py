@@ -69,15 +69,16 @@ def identity_mismatch(previous: RunManifest, manifest: RunManifest) -> str | Non
     return None
 
 
-def check_resumable(previous: RunManifest, manifest: RunManifest) -> None:
-    """A resumed run must be the same run: same prompts, model, method and settings (dtype included)."""
+def check_resumable(previous: RunManifest, manifest: RunManifest, previous_ids: list[str]) -> None:
+    """A resumed run must be the same run: same prompts (`previous_ids`, the run's stored prompt ids; empty if it
+    kept none), model, method and settings (dtype included)."""
     mismatch = identity_mismatch(previous, manifest)
     if mismatch is not None:
         raise TokenLensError(
             f"run {manifest.run_id!r} already exists with {mismatch}; "
             "pass the same settings to resume it, or a new --run-id"
         )
-    if previous.prompt_ids and previous.prompt_ids != manifest.prompt_ids:
+    if previous_ids and previous_ids != manifest.prompt_ids:
         raise TokenLensError(
             f"run {manifest.run_id!r} already exists with a different prompt set ({previous.prompt_count} prompts); "
             "pass the same prompt file to resume it, or a new --run-id"
@@ -94,5 +95,6 @@ def plan_run(spec: RunSpec, prompts_path: str | Path | PromptSource, *, mode: st
     store = RunStore(storage, spec.run_id)
     resumed = store.exists()
     if resumed:
-        check_resumable(store.read_manifest(), manifest)
+        previous = store.read_manifest(prompt_ids=False)
+        check_resumable(previous, manifest, store.prompt_ids(previous))
     return RunPlan(spec=spec, records=records, manifest=manifest, storage=storage, store=store, resumed=resumed)

@@ -1,7 +1,8 @@
 """The storage layout of a run, in one place: every read and write of TokenLens files goes through `RunStore`.
 
-runs/<run_id>/run.json                   the run (RunManifest)
-runs/<run_id>/prompts.jsonl              the run's prompt set, one PromptRecord a line
+runs/<run_id>/run.json                   the run (RunManifest), a few hundred bytes: no prompt id list (runs
+                                         written before it moved out kept one; `prompt_ids` reads either)
+runs/<run_id>/prompts.jsonl              the run's prompt set, one PromptRecord a line: its ids in order
 runs/<run_id>/results/<prompt_id>.json   TokenLens JSON (AnalysisResult), plain or compact (`tokenlens.result_codec`)
 runs/<run_id>/inseq/<prompt_id>.json     Inseq's native output, where Inseq ran
 runs/<run_id>/errors/<prompt_id>.json    a prompt that failed for good (ErrorRecord)
@@ -13,6 +14,8 @@ Every write that changes a prompt's outcome is counted in this process's tally o
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 
 from pydantic import ValidationError
@@ -47,7 +50,9 @@ class RunStore:
 
     # manifest -------------------------------------------------------------
     def write_manifest(self, manifest: RunManifest) -> None:
-        self.storage.put(self.manifest_key(), manifest.model_dump_json(indent=2).encode())
+        """Write run.json without the prompt id list: prompts.jsonl holds the ids (write it first), so reading a
+        run's summary (`status`, `runs`, the UI) costs the same at 100,000 prompts as at 100."""
+        self.storage.put(self.manifest_key(), manifest.model_dump_json(indent=2, exclude={"prompt_ids"}).encode())
 
     def read_manifest(self, *, prompt_ids: bool = True) -> RunManifest:
         """The run's run.json. With ``prompt_ids=False`` its list of prompt ids is skipped unparsed (it is
@@ -85,6 +90,15 @@ class RunStore:
         """Keep the prompt set with the run, so pending and failed prompts can be shown by their text."""
         lines = (record.model_dump_json(exclude_none=True) for record in records)
         self.storage.put(self.prompts_key(), ("\n".join(lines) + "\n").encode("utf-8"))
+
+    def prompt_ids(self, manifest: RunManifest | None = None) -> list[str]:
+        """The run's prompt ids in the prompt set's order: prompts.jsonl's, else (a run older than prompts.jsonl)
+        the list its run.json kept (`manifest`, read whole if not given); empty if neither has one."""
+        try:
+            raw = self.storage.get(self.prompts_key())
+        except NotFoundError:
+            return list((manifest if manifest is not None and manifest.prompt_ids else self.read_manifest()).prompt_ids)
+        return prompt_ids_of_jsonl(raw)
 
     def read_prompts(self) -> dict[str, PromptRecord]:
         """The run's prompts by id; empty for runs written before prompts.jsonl existed."""
@@ -176,6 +190,20 @@ class RunStore:
 
 
 _PROMPT_IDS_KEY = b'"prompt_ids":'
+#: A prompts.jsonl line as `write_prompts` writes it: the id first, a safe id (no quote or backslash).
+_ID_FIRST = re.compile(rb'^\{"id":"([^"\\]*)"[,}]', re.MULTILINE)
+
+
+def prompt_ids_of_jsonl(raw: bytes) -> list[str]:
+    """The ids of a prompts.jsonl in order, without parsing its prompts (one regex pass; 100k ids in ~30 ms).
+
+    A file not laid out as `write_prompts` writes it (edited by hand) is parsed line by line instead.
+    """
+    ids = [match.decode("utf-8") for match in _ID_FIRST.findall(raw)]
+    if len(ids) == sum(1 for line in raw.split(b"\n") if line.strip()):
+        return ids
+    parsed = (json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip())
+    return [str(obj["id"]) for obj in parsed if isinstance(obj, dict) and "id" in obj]
 
 
 def _without_prompt_ids(raw: bytes) -> bytes | None:

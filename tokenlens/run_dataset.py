@@ -42,8 +42,8 @@ class RunDataset:
         return f"RunDataset({self.storage.url!r}, {self.run_id!r}, {self.manifest.prompt_count} prompts)"
 
     def prompt_ids(self) -> list[str]:
-        """The run's prompt ids in order (those with a result but not in run.json last)."""
-        known = list(self.manifest.prompt_ids)
+        """The run's prompt ids in order (those with a result but not in the prompt set last)."""
+        known = self.store.prompt_ids(self.manifest)
         stored = self.store.ids("results") | self.store.ids("errors")
         return known + sorted(stored - set(known))
 

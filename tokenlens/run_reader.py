@@ -6,9 +6,13 @@ run's progress record (`run_counts`), so the runs page and a run's counts cost t
 100,000 prompts as at 100.
 
 A run page (`run_page`) is one page of the prompt set's order, optionally searched (`q`, in
-the prompts' text) and filtered by status. The prompt set (prompts.jsonl) is read once per run
-and remembered; a page's statuses cost one existence check per row shown. Filtering by status
-needs every prompt's status: one listing of the run, remembered until its counts change.
+the prompts' text) and filtered by status. An unfiltered page within the first `HEAD_PAGE_ROWS`
+rows reads only the head of prompts.jsonl (byte ranges, `Storage.get_range`) and checks only its
+own rows: its cost does not grow with the run. Deeper pages and searches read the prompt set once
+per run and remember it. A row's status costs one existence check the first time it is shown; a
+done row stays done (results are create-only), any other is checked again once the run's counts
+change. Filtering by status needs every prompt's status: one listing of the run, remembered
+until its counts change.
 Results are create-only (a stored result is never rewritten) and run.json is written once, so a
 prompt's text and a run's manifest, once read, stay true: `RunReader` remembers them.
 """
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -35,6 +39,12 @@ READ_WORKERS = 8
 STATUSES = ("done", "failed", "pending", "corrupt")
 #: Rows a run page holds at most.
 MAX_PAGE_ROWS = 500
+#: Unfiltered pages ending within this many rows are read from the head of prompts.jsonl, not the whole file.
+HEAD_PAGE_ROWS = 1000
+#: The first byte range of prompts.jsonl read for a page (doubled until the page's lines are in).
+HEAD_FIRST_BYTES = 64 * 1024
+#: A head longer than this (very long prompts) is not worth ranges: the whole prompt set is read instead.
+HEAD_MAX_BYTES = 8 * 1024 * 1024
 
 
 class PromptNotInRunError(TokenLensError):
@@ -71,6 +81,13 @@ def _jsonl_objects(raw: bytes) -> list[object]:
         except ValueError:
             continue
     return objects
+
+
+def _id_texts(records: Iterable[object]) -> Iterator[tuple[str, str | None]]:
+    """(id, prompt text) of each prompts.jsonl record (a light parse, for display: validated at submit)."""
+    for record in records:
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            yield record["id"], record["prompt"] if isinstance(record.get("prompt"), str) else None
 
 
 @dataclass(frozen=True)
@@ -146,15 +163,6 @@ class PromptEntry:
 
 
 @dataclass(frozen=True)
-class RunDetail:
-    """One run: its summary, its manifest and every prompt (the prompt set's order, then anything extra stored)."""
-
-    run: RunSummary
-    manifest: RunManifest
-    prompts: list[PromptEntry]
-
-
-@dataclass(frozen=True)
 class RunPage:
     """One page of a run: its summary, its manifest (without the prompt id list) and the rows asked for.
 
@@ -226,6 +234,12 @@ class RunReader:
         self._order: dict[str, tuple[list[str], int]] = {}
         #: The last full listing of a run (for status filters), with the counts it was taken at.
         self._listings: dict[str, tuple[RunCounts, RunProgress]] = {}
+        #: The head of each run's prompts.jsonl as {id: text} in order, and whether it is the whole file.
+        self._heads: dict[str, tuple[dict[str, str | None], bool]] = {}
+        #: Rows found done (results are create-only: they stay done, unless found corrupt).
+        self._done_rows: dict[str, set[str]] = {}
+        #: Statuses of rows found not done, with the counts they were checked at (true until those change).
+        self._other_rows: dict[str, tuple[RunCounts, dict[str, str]]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=READ_WORKERS, thread_name_prefix="tokenlens-read")
 
@@ -338,11 +352,7 @@ class RunReader:
             raw = self.storage.get(self.store(run_id).prompts_key())
         except NotFoundError:
             raw = b""
-        texts = {
-            record["id"]: record["prompt"] if isinstance(record.get("prompt"), str) else None
-            for record in _jsonl_objects(raw)
-            if isinstance(record, dict) and isinstance(record.get("id"), str)
-        }
+        texts = dict(_id_texts(_jsonl_objects(raw)))
         with self._lock:
             self._prompt_sets[run_id] = texts
         return texts
@@ -362,25 +372,6 @@ class RunReader:
                 return prompt_id, record
 
         return dict(self._pool.map(read, list(prompt_ids)))
-
-    def run_detail(self, run_id: str) -> RunDetail:
-        manifest = self.manifest(run_id)
-        progress = self.progress(run_id, manifest)
-        done, failed = progress.done_ids, progress.failed_ids
-        listed = list(dict.fromkeys(manifest.prompt_ids))
-        texts = self.prompt_texts(run_id, done | set(listed))
-        errors = self.errors(run_id, failed)
-        # Manifest order first (the order of the prompt set), then anything stored that it does not list.
-        extra = sorted((done | failed | progress.corrupt_ids) - set(listed))
-        prompts = []
-        for prompt_id in listed + extra:
-            text, error = texts.get(prompt_id), None
-            record = errors.get(prompt_id)
-            if prompt_id in failed and record is not None:
-                text = text or record.prompt or None
-                error = PromptError(record.error_type, record.message, record.attempts, record.timestamp)
-            prompts.append(PromptEntry(prompt_id, text, error, progress.status_of(prompt_id)))
-        return RunDetail(run=RunSummary.of(progress), manifest=manifest, prompts=prompts)
 
     def _prompt_order(self, run_id: str, manifest: RunManifest, counts: RunCounts) -> list[str]:
         """The run's prompt ids in the prompt set's order, then any stored prompt it does not list.
@@ -416,31 +407,89 @@ class RunReader:
         return progress
 
     def _row_statuses(self, run_id: str, prompt_ids: list[str], counts: RunCounts) -> dict[str, str]:
-        """The status of each prompt shown: one existence check per row (none when every prompt is done)."""
+        """The status of each prompt shown: an existence check per row not known yet (none when all are done)."""
         with self._lock:
             corrupt = {pid for pid in prompt_ids if (run_id, pid) in self._corrupt}
+            done_rows = self._done_rows.setdefault(run_id, set())
+            known = {pid: "done" for pid in prompt_ids if pid in done_rows}
+            checked_at, others = self._other_rows.get(run_id, (None, {}))
+            if checked_at == counts:
+                known.update({pid: others[pid] for pid in prompt_ids if pid in others})
         if counts.done == counts.prompt_count:
             return {pid: "corrupt" if pid in corrupt else "done" for pid in prompt_ids}
         store = self.store(run_id)
 
         def status(prompt_id: str) -> str:
-            if prompt_id in corrupt:
-                return "corrupt"
+            if prompt_id in known:
+                return known[prompt_id]
             if store.has_result(prompt_id):
                 return "done"
             return "failed" if self.storage.exists(store.key("errors", prompt_id)) else "pending"
 
-        return dict(zip(prompt_ids, self._pool.map(status, prompt_ids), strict=True))
+        statuses = dict(zip(prompt_ids, self._pool.map(status, prompt_ids), strict=True))
+        with self._lock:
+            done_rows.update(pid for pid, found in statuses.items() if found == "done")
+            if checked_at != counts:
+                others = {}
+                self._other_rows[run_id] = (counts, others)
+            others.update({pid: found for pid, found in statuses.items() if found != "done"})
+        return {pid: "corrupt" if pid in corrupt else found for pid, found in statuses.items()}
+
+    def _head(self, run_id: str, manifest: RunManifest, counts: RunCounts, rows: int) -> dict[str, str | None] | None:
+        """The first `rows` prompts of the run as {id: text}, from the head of its prompts.jsonl alone; None when
+        the head can't tell (no prompts.jsonl, a page deeper than `HEAD_PAGE_ROWS`, a run holding prompts its
+        run.json does not count, a very long head): the caller reads the whole prompt set instead."""
+        if rows > HEAD_PAGE_ROWS or counts.prompt_count != manifest.prompt_count:
+            return None
+        with self._lock:
+            known = self._heads.get(run_id)
+        if known is not None and (len(known[0]) >= rows or known[1]):
+            return known[0]
+        key, length = self.store(run_id).prompts_key(), HEAD_FIRST_BYTES
+        while True:
+            try:
+                raw = self.storage.get_range(key, 0, length)
+            except NotFoundError:
+                return None
+            whole = len(raw) < length
+            objects = _jsonl_objects(raw if whole else raw[: raw.rfind(b"\n") + 1])
+            if len(objects) >= rows or whole:
+                break
+            if length >= HEAD_MAX_BYTES:
+                return None
+            length *= 2
+        head = dict(_id_texts(objects))
+        if whole and len(head) != counts.prompt_count:  # a prompt set that is not the run's whole list
+            return None
+        with self._lock:
+            self._heads[run_id] = (head, whole)
+        return head
 
     def run_page(
-        self, run_id: str, *, offset: int = 0, limit: int = 100, status: str | None = None, q: str | None = None
+        self,
+        run_id: str,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        status: str | None = None,
+        q: str | None = None,
+        counts: RunCounts | None = None,
     ) -> RunPage:
-        """Rows `offset` to `offset + limit` of the run's prompts matching `q` (in the text or id) and `status`."""
+        """Rows `offset` to `offset + limit` of the run's prompts matching `q` (in the text or id) and `status`.
+
+        `counts`: the run's counts if the caller has just read them (`counts`), else read here."""
         if status is not None and status not in STATUSES:
             raise TokenLensError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
         offset, limit = max(offset, 0), min(max(limit, 0), MAX_PAGE_ROWS)
         manifest = self.header(run_id)
-        counts = self.counts(run_id, manifest)
+        counts = counts if counts is not None else self.counts(run_id, manifest)
+        with self._lock:
+            order_known = run_id in self._order
+        head = None if q or status is not None or order_known else self._head(run_id, manifest, counts, offset + limit)
+        if head is not None:  # the first rows, from the head of the prompt set: the cost of the page alone
+            page_ids = list(head)[offset : offset + limit]
+            return self._page(run_id, manifest, counts, page_ids, self._row_statuses(run_id, page_ids, counts),
+                              total=counts.prompt_count, offset=offset, limit=limit, texts=head)  # fmt: skip
         rows = self._prompt_order(run_id, manifest, counts)
         if q:
             needle = q.casefold()
@@ -457,11 +506,20 @@ class RunReader:
         else:
             page_ids = rows[offset : offset + limit]
             statuses = self._row_statuses(run_id, page_ids, counts)
-        texts_shown = self.prompt_texts(run_id, page_ids)
+        return self._page(
+            run_id, manifest, counts, page_ids, statuses, total=len(rows), offset=offset, limit=limit,
+            texts=self.prompt_texts(run_id, page_ids),
+        )  # fmt: skip
+
+    def _page(
+        self, run_id: str, manifest: RunManifest, counts: RunCounts, page_ids: list[str], statuses: dict[str, str],
+        *, total: int, offset: int, limit: int, texts: dict[str, str | None],
+    ) -> RunPage:  # fmt: skip
+        """The page of `page_ids`, with the error record of each failed row."""
         errors = self.errors(run_id, [pid for pid in page_ids if statuses[pid] == "failed"])
         prompts = []
         for prompt_id in page_ids:
-            text, error = texts_shown.get(prompt_id), None
+            text, error = texts.get(prompt_id), None
             record = errors.get(prompt_id)
             if record is not None:
                 text = text or record.prompt or None
@@ -471,7 +529,7 @@ class RunReader:
             run=RunSummary.from_counts(manifest, counts),
             manifest=manifest.model_dump(mode="json", exclude={"prompt_ids"}),
             prompts=prompts,
-            total=len(rows),
+            total=total,
             offset=offset,
             limit=limit,
         )
@@ -501,7 +559,7 @@ class RunReader:
                 continue
             other = self.store(other_id)
             try:
-                manifest = other.read_manifest()
+                manifest = self.header(other_id)
             except (TokenLensError, ValueError):
                 continue
             other_text, other_status = self.prompt_text(other_id, prompt_id)

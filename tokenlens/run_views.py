@@ -493,7 +493,7 @@ class RunViewCache:
 
     def _result_files(self, run_id: str) -> tuple[RunStore, dict[str, int]]:
         store = RunStore(self.storage, run_id)
-        store.read_manifest()  # RunNotFoundError / RunUnreadableError for a run that isn't one
+        store.read_manifest(prompt_ids=False)  # RunNotFoundError / RunUnreadableError for a run that isn't one
         return store, store.sizes("results")
 
     def run_state(self, run_id: str) -> RunState:

@@ -228,6 +228,8 @@ class RunManifest(BaseModel):
     #: How the run's results are written: "auto", "json" or "compact" (`tokenlens.result_codec`).
     result_format: str = defaults.RESULT_FORMAT
     prompt_count: int
+    #: The prompt ids in order, in memory only: `RunStore.write_manifest` leaves them out of run.json (prompts.jsonl
+    #: holds them; runs written before kept them here). Read them with `RunStore.prompt_ids`.
     prompt_ids: list[str] = Field(default_factory=list)
     source: str | None = None
     created_at: str = Field(default_factory=utc_now_iso)

@@ -171,7 +171,7 @@ def run_detail(request: Request) -> Response:
     etag = _etag_of(run_id, manifest.created_at, asdict(counts), offset, limit, status, query)
 
     def build() -> dict[str, Any]:
-        page = reader.run_page(run_id, offset=offset, limit=limit, status=status, q=query)
+        page = reader.run_page(run_id, offset=offset, limit=limit, status=status, q=query, counts=counts)
         return asdict(page)
 
     return _revalidated(request, etag, build)

@@ -129,6 +129,20 @@ def test_list_dirs_names_only_the_folders_directly_under_a_prefix(storage: Stora
         list(storage.list_dirs("../"))
 
 
+def test_get_range_reads_part_of_an_object(storage: Storage) -> None:
+    data = bytes(range(256)) * 40
+    storage.put("runs/r/prompts.jsonl", data)
+    assert storage.get_range("runs/r/prompts.jsonl", 0, 100) == data[:100]
+    assert storage.get_range("runs/r/prompts.jsonl", 5000, 4096) == data[5000:9096]
+    assert storage.get_range("runs/r/prompts.jsonl", 10_000, 1000) == data[10_000:], "fewer bytes at the end"
+    assert storage.get_range("runs/r/prompts.jsonl", 20_000, 10) == b"", "nothing past the end"
+    assert storage.get_range("runs/r/prompts.jsonl", 3, 0) == b""
+    with pytest.raises(NotFoundError):
+        storage.get_range("runs/r/missing.jsonl", 0, 10)
+    with pytest.raises(ValueError, match="start >= 0"):
+        storage.get_range("runs/r/prompts.jsonl", -1, 10)
+
+
 def test_md5_matches_content(storage: Storage) -> None:
     storage.put("runs/r1/results/p1.json", b'{"x": 1}')
     expected = hashlib.md5(b'{"x": 1}').hexdigest()

@@ -58,13 +58,13 @@ def manifest(**changes: Any) -> RunManifest:
 )
 def test_hostile_resume_with_other_numbers_is_refused(before: dict[str, Any], after: dict[str, Any], name: str) -> None:
     with pytest.raises(TokenLensError, match=f"already exists with {name}="):
-        check_resumable(manifest(**before), manifest(**after))
+        check_resumable(manifest(**before), manifest(**after), ["a"])
 
 
 def test_a_dtype_left_to_the_workers_does_not_block_a_resume() -> None:
     # `submit` records no dtype (each worker's --dtype decides), so None on either side is no mismatch.
-    check_resumable(manifest(dtype=None), manifest(dtype="bfloat16"))
-    check_resumable(manifest(dtype="float32"), manifest(dtype=None))
+    check_resumable(manifest(dtype=None), manifest(dtype="bfloat16"), ["a"])
+    check_resumable(manifest(dtype="float32"), manifest(dtype=None), ["a"])
 
 
 def test_resuming_a_run_with_another_dtype_is_refused_by_the_cli_and_writes_nothing(

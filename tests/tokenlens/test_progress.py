@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,11 +16,15 @@ from producer.fetch import describe_runs
 from producer.submit import run_status
 from storage_backends import LocalStorage, ObjectInfo
 from tests.fixtures.redis_server import free_port
-from tests.ui.sample_runs import make_result
+from tests.ui.sample_runs import make_result, write_legacy_manifest
 from tokenlens import progress
 from tokenlens.progress import RunCounts, mark_cancelled, read_progress, run_counts, start_record
+from tokenlens.batch import PromptRecord
+from tokenlens.errors import TokenLensError
+from tokenlens.plan import plan_run
 from tokenlens.results import RunStore
 from tokenlens.schema import ErrorRecord, RunManifest
+from tokenlens.spec import RunSpec
 from ui.http_api import create_app
 
 
@@ -34,8 +39,9 @@ def write_mixed_run(root: Path) -> RunStore:
     and "extra" has a result although run.json does not list it.
     """
     store = RunStore(LocalStorage(root), "mixed")
-    store.write_manifest(
-        RunManifest(run_id="mixed", model="m", method="saliency", prompt_count=3, prompt_ids=["a", "b", "c"])
+    # An older run: its run.json lists the prompt ids, and it has no prompts.jsonl.
+    write_legacy_manifest(
+        store, RunManifest(run_id="mixed", model="m", method="saliency", prompt_count=3, prompt_ids=["a", "b", "c"])
     )
     for prompt_id in ("a", "extra"):
         store.write_result(make_result("mixed", prompt_id, f"prompt {prompt_id}"))
@@ -93,10 +99,9 @@ class CountingStorage(LocalStorage):
 
 def _new_run(storage: LocalStorage, run_id: str, prompt_count: int) -> RunStore:
     store = RunStore(storage, run_id)
-    manifest = RunManifest(
-        run_id=run_id, model="m", method="saliency", prompt_count=prompt_count,
-        prompt_ids=[f"p{i}" for i in range(prompt_count)],
-    )  # fmt: skip
+    ids = [f"p{i}" for i in range(prompt_count)]
+    manifest = RunManifest(run_id=run_id, model="m", method="saliency", prompt_count=prompt_count, prompt_ids=ids)
+    store.write_prompts([PromptRecord(id=pid, prompt=f"prompt {pid}") for pid in ids])
     start_record(store, manifest)
     store.write_manifest(manifest)
     return store
@@ -132,7 +137,7 @@ def test_a_second_writer_process_keeps_its_own_tally(tmp_path: Path) -> None:
     child = subprocess.run(
         [sys.executable, "-c", (
             "import sys; from storage_backends import LocalStorage; from tokenlens.results import RunStore;"
-            "from tests.ui.sample_runs import make_result;"
+            "from tests.ui.sample_runs import make_result, write_legacy_manifest;"
             "store = RunStore(LocalStorage(sys.argv[1]), 'two-writers');"
             "[store.write_result(make_result('two-writers', p, 'prompt ' + p)) for p in ('p1', 'p2')]"
         ), str(tmp_path)],
@@ -195,8 +200,40 @@ def test_a_cancelled_run_says_so_to_readers_without_redis(tmp_path: Path) -> Non
     assert not run_counts(store).cancelled
 
 
-def test_a_runs_summary_is_read_without_its_prompt_id_list(tmp_path: Path) -> None:
-    store = _new_run(LocalStorage(tmp_path), "light", 50)
+def test_a_new_runs_run_json_holds_no_prompt_id_list(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"id": "q{i}", "prompt": "prompt {i}"}}\n' for i in (3, 1, 2)))
+    spec = RunSpec(run_id="new", model="m", method="saliency", results_url=str(tmp_path / "results"))
+    plan = plan_run(spec, prompts, mode="distributed")
+    plan.save_manifest()
+    raw = json.loads(plan.storage.get("runs/new/run.json"))
+    assert "prompt_ids" not in raw and raw["prompt_count"] == 3
+    assert plan.store.prompt_ids() == ["q3", "q1", "q2"], "the ids, in order, come from prompts.jsonl"
+    plan.store.write_result(make_result("new", "q1", "prompt 1"))
+    expected = RunCounts(prompt_count=3, done=1, failed=0)
+    assert run_counts(plan.store) == expected == read_progress(plan.store).counts
+    (row,) = describe_runs(plan.storage)
+    assert (row.prompts, row.results, row.remaining) == (3, 1, 2)
+    with TestClient(create_app(plan.storage)) as client:
+        page = client.get("/api/runs/new").json()
+    assert [(p["prompt_id"], p["status"]) for p in page["prompts"]] == [
+        ("q3", "pending"),
+        ("q1", "done"),
+        ("q2", "pending"),
+    ]
+    # A resume still compares the prompt set with the stored one.
+    prompts.write_text('{"id": "q3", "prompt": "prompt 3"}\n')
+    with pytest.raises(TokenLensError, match="different prompt set"):
+        plan_run(spec, prompts, mode="distributed")
+
+
+def test_an_older_run_json_with_prompt_ids_is_read_and_its_summary_skips_them(tmp_path: Path) -> None:
+    store = RunStore(LocalStorage(tmp_path), "light")
+    ids = [f"p{i}" for i in range(50)]
+    write_legacy_manifest(
+        store, RunManifest(run_id="light", model="m", method="saliency", prompt_count=50, prompt_ids=ids)
+    )
+    assert store.prompt_ids() == ids, "a run without prompts.jsonl: run.json's list"
     full, light = store.read_manifest(), store.read_manifest(prompt_ids=False)
     assert len(full.prompt_ids) == 50 and light.prompt_ids == []
     assert light.model_copy(update={"prompt_ids": full.prompt_ids}) == full

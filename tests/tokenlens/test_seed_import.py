@@ -49,9 +49,8 @@ def test_inseq_tree_becomes_a_run_with_the_chosen_aggregation(inseq_tree: Path, 
     report = import_runs(inseq_tree, storage, "seed", how="l2_norm")
     assert report.runs == {"seed": 2} and not report.skipped
     store = RunStore(storage, "seed")
-    manifest = store.read_manifest()
-    assert manifest.prompt_ids == ["q1", "q2"]  # file names without the seed's _inseq suffix
-    result = store.read_result(manifest.prompt_ids[0])
+    assert store.prompt_ids() == ["q1", "q2"]  # file names without the seed's _inseq suffix
+    result = store.read_result("q1")
     loaded = inseq.FeatureAttributionOutput.load(str(inseq_tree / "tiny-llama/method_saliency/data/q1_inseq.json"))
     sequence = loaded.sequence_attributions[0]
     raw = sequence.target_attributions.float().numpy()

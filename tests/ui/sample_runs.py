@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 
 from storage_backends import Storage, open_storage
+from tokenlens.batch import PromptRecord
 from tokenlens.results import RunStore
 from tokenlens.schema import (
     AnalysisData,
@@ -122,6 +123,7 @@ def write_run(
 ) -> RunStore:
     """A run whose first `done` prompts (default: all not in `failed`) have results; `failed` have errors."""
     store = RunStore(storage, run_id)
+    store.write_prompts([PromptRecord(id=p.prompt_id, prompt=p.prompt) for p in prompts])
     store.write_manifest(
         RunManifest(
             run_id=run_id,
@@ -155,13 +157,17 @@ def write_run(
     return store
 
 
+def write_legacy_manifest(store: RunStore, manifest: RunManifest) -> None:
+    """run.json as runs written before the prompt id list moved to prompts.jsonl kept it: with `prompt_ids`."""
+    store.storage.put(store.manifest_key(), manifest.model_dump_json(indent=2).encode())
+
+
 def write_big_result(storage: Storage, run_id: str, n_words: int, n_out: int) -> AnalysisResult:
     """A one-prompt run with a long prompt, for checking that the UI stays usable at 500+ tokens."""
     prompt = " ".join(f"word{k}" for k in range(n_words))
     store = RunStore(storage, run_id)
-    store.write_manifest(
-        RunManifest(run_id=run_id, model="sample-model", method="saliency", prompt_count=1, prompt_ids=["long"])
-    )
+    store.write_prompts([PromptRecord(id="long", prompt=prompt)])
+    store.write_manifest(RunManifest(run_id=run_id, model="sample-model", method="saliency", prompt_count=1))
     result = make_result(run_id, "long", prompt, n_out=n_out, signed=True)
     store.write_result(result)
     return result

@@ -110,7 +110,7 @@ def test_run_detail_lists_prompts_in_order_with_status_text_and_reasons(client: 
 def test_run_detail_marks_prompts_not_yet_done_as_pending(client: TestClient) -> None:
     prompts = client.get("/api/runs/run-live").json()["prompts"]
     assert [p["status"] for p in prompts] == ["done", "pending", "pending", "pending"]
-    assert prompts[1]["prompt"] is None
+    assert [p["prompt_id"] for p in prompts] == [p.prompt_id for p in PROMPTS[:4]], "in the prompt set's order"
 
 
 def test_pending_prompts_show_their_text_from_the_runs_prompt_set(client: TestClient, populated: Storage) -> None:
