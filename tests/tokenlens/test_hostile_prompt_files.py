@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tokenlens import prompt_sets
 from tokenlens.cli import main
 from tokenlens.errors import PromptSetError
 from tokenlens.prompt_sets import read_prompt_set
@@ -38,9 +39,11 @@ from tokenlens.prompt_sets import read_prompt_set
         ("blank.txt", "\n   \n\n", "blank.txt: no prompts found"),
     ],
 )
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "line-by-line"])
 def test_hostile_prompt_files_name_file_and_line(
-    tmp_path: Path, name: str, content: str | bytes, expected: str
+    tmp_path: Path, name: str, content: str | bytes, expected: str, one_pass: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(prompt_sets, "ONE_PASS_JSONL", one_pass)
     path = tmp_path / name
     if isinstance(content, bytes):
         path.write_bytes(content)

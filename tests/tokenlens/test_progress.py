@@ -18,10 +18,10 @@ from storage_backends import LocalStorage, ObjectInfo
 from tests.fixtures.redis_server import free_port
 from tests.ui.sample_runs import make_result, write_legacy_manifest
 from tokenlens import progress
-from tokenlens.progress import RunCounts, mark_cancelled, read_progress, run_counts, start_record
 from tokenlens.batch import PromptRecord
 from tokenlens.errors import TokenLensError
 from tokenlens.plan import plan_run
+from tokenlens.progress import RunCounts, mark_cancelled, read_progress, run_counts, start_record
 from tokenlens.results import RunStore
 from tokenlens.schema import ErrorRecord, RunManifest
 from tokenlens.spec import RunSpec

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tokenlens import prompt_sets
 from tokenlens.errors import PromptSetError
 from tokenlens.prompt_sets import read_prompt_set
 
@@ -28,6 +29,30 @@ def test_jsonl_with_ids_targets_and_defaults(tmp_path: Path) -> None:
     records = read_prompt_set(path)
     assert [r.id for r in records] == ["a", "p0002"]
     assert records[1].target == "Yes" and records[1].max_new_tokens == 5
+
+
+def test_one_pass_and_line_by_line_reading_give_the_same_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [
+        '{"id": "a", "prompt": "Hello", "target": "Yes"}',
+        "",
+        '  {"prompt": "caf\u00e9 \\"quoted\\"", "max_new_tokens": 5}',
+        '{"id": 7, "prompt": "seven", "contrast_target": "eight"}',
+        "   ",
+        '{"prompt": "last"}',
+    ]
+    path = write(tmp_path, "p.jsonl", "\n".join(lines))
+    read = {}
+    for one_pass in (True, False):
+        monkeypatch.setattr(prompt_sets, "ONE_PASS_JSONL", one_pass)
+        read[one_pass] = read_prompt_set(path)
+    assert read[True] == read[False]
+    assert [r.model_dump_json(exclude_none=True) for r in read[True]] == [
+        r.model_dump_json(exclude_none=True) for r in read[False]
+    ]
+    assert [r.id for r in read[True]] == ["a", "p0002", "7", "p0004"]
+    assert read[True][1].prompt == 'café "quoted"' and read[True][1].max_new_tokens == 5
 
 
 def test_csv_and_txt(tmp_path: Path) -> None:
@@ -55,7 +80,11 @@ def test_csv_and_txt(tmp_path: Path) -> None:
         ("bad.xlsx", "whatever", "unknown prompt file type"),
     ],
 )
-def test_bad_prompt_sets_name_file_and_line(tmp_path: Path, name: str, content: str, expected: str) -> None:
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "line-by-line"])
+def test_bad_prompt_sets_name_file_and_line(
+    tmp_path: Path, name: str, content: str, expected: str, one_pass: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prompt_sets, "ONE_PASS_JSONL", one_pass)
     path = write(tmp_path, name, content)
     with pytest.raises(PromptSetError) as caught:
         read_prompt_set(path)
