@@ -39,20 +39,22 @@ import numpy as np
 import redis
 from starlette.testclient import TestClient
 
-from bench.report_sections import replace_section
-from producer.fetch import describe_runs, fetch_run, plan_fetch
-from producer.submit import cancel_run, run_status, submit_run
-from storage_backends import LocalStorage, Storage, open_storage
-from tests.fixtures.redis_server import free_port
-from tokenlens.batch import PromptRecord
-from tokenlens.progress import read_progress
-from tokenlens.result_codec import encode_result
-from tokenlens.results import RunStore
-from tokenlens.schema import AnalysisData, AnalysisMetadata, AnalysisResult, ErrorRecord, RunManifest, TokenInfo
-from tokenlens.spec import RunSpec
-from ui.http_api import create_app
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the tests' fixtures (a Redis server, SeaweedFS) when this file runs as a script
+
+from bench.report_sections import replace_section  # noqa: E402
+from producer.fetch import describe_runs, fetch_run, plan_fetch  # noqa: E402
+from producer.submit import cancel_run, run_status, submit_run  # noqa: E402
+from storage_backends import LocalStorage, Storage, open_storage  # noqa: E402
+from tests.fixtures.redis_server import free_port  # noqa: E402
+from tokenlens.batch import PromptRecord  # noqa: E402
+from tokenlens.progress import read_progress  # noqa: E402
+from tokenlens.result_codec import encode_result  # noqa: E402
+from tokenlens.results import RunStore  # noqa: E402
+from tokenlens.schema import AnalysisData, AnalysisMetadata, AnalysisResult, ErrorRecord, RunManifest, TokenInfo  # noqa: E402
+from tokenlens.spec import RunSpec  # noqa: E402
+from ui.http_api import create_app  # noqa: E402
+
 RESULTS_MD = REPO / "bench" / "results.md"
 MODEL = "tokenlens-bench/no-such-model"
 PLACEHOLDER = "PIDXXXXXXXXX"
@@ -229,7 +231,6 @@ def fmt_ms(seconds: float) -> str:
 
 def markdown(local: dict[int, dict[str, float]], s3: dict[int, dict[str, float]], redis_row: dict[str, float],
              meta: dict[str, str]) -> str:  # fmt: skip
-    small, big = sorted(local)
     labels = [
         ("runs", "`tokenlens runs` (in-process)"),
         ("status", "`tokenlens status` (in-process)"),
@@ -243,15 +244,19 @@ def markdown(local: dict[int, dict[str, float]], s3: dict[int, dict[str, float]]
         ("fetch_fps", "`tokenlens fetch`, files/s (local to local)"),
     ]
     lines = [
-        "## Scale: progress, run pages, fetch and Redis at 1k vs 100k prompts (`bench/bench_scale.py`)",
+        f"## Scale: progress, run pages, fetch and Redis at {min(local):,} vs {max(local):,} prompts "
+        "(`bench/bench_scale.py`)",
         "",
         f"{meta['machine']}; {meta['date']}. Synthetic mid-flight runs (88% done, 2% failed, 10% pending) of real "
         "TokenLens files from the real codec; medians of several calls.",
         "",
+        f"Command: `{meta['command']}`",
+        "",
     ]
-    for name, table, (lo, hi) in (("local disk", local, (small, big)), ("SeaweedFS (S3)", s3, tuple(sorted(s3)))):
-        if not table:
+    for name, table in (("local disk", local), ("SeaweedFS (S3)", s3)):
+        if not table:  # --s3-big 0
             continue
+        lo, hi = sorted(table)
         lines += [
             f"**{name}**",
             "",
@@ -342,6 +347,7 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[1]:.1f})",
         "date": time.strftime("%Y-%m-%d"),
         "redis_prompts": f"{args.redis_prompts:,}",
+        "command": " ".join([".venv/bin/python bench/bench_scale.py", *sys.argv[1:]]),
     }
     return markdown(local, s3, redis_row, meta)
 
