@@ -10,7 +10,7 @@ from storage_backends import LocalStorage
 from tokenlens.batch import PromptRecord
 from tokenlens.errors import RunNotFoundError, TokenLensError
 from tokenlens.progress import read_progress
-from tokenlens.results import RunStore, list_run_ids
+from tokenlens.results import RunStore, list_run_ids, prompt_ids_of_jsonl
 from tokenlens.schema import AnalysisResult, ErrorRecord, RunManifest
 
 
@@ -61,3 +61,15 @@ def test_prompt_set_round_trips_with_the_run(tmp_path: Path) -> None:
     store.write_prompts(records)
     assert store.read_prompts() == {"a": records[0], "b": records[1]}
     assert (tmp_path / "runs/r1/prompts.jsonl").read_text().count("\n") == 2
+
+
+def test_prompt_ids_come_in_order_from_prompts_jsonl_however_it_is_laid_out(tmp_path: Path) -> None:
+    store = RunStore(LocalStorage(tmp_path), "r1")
+    records = [PromptRecord(id=pid, prompt=f'say "{pid}"\n{{"id":"x"}}') for pid in ("z9", "a.1", "m_2", "B-3")]
+    store.write_prompts(records)
+    assert store.prompt_ids() == ["z9", "a.1", "m_2", "B-3"]
+    assert prompt_ids_of_jsonl((tmp_path / "runs/r1/prompts.jsonl").read_bytes()) == store.prompt_ids()
+    # Written by hand: other key order, spaces, a blank line. Read line by line, same answer.
+    by_hand = b'{"prompt": "p", "id": "z9"}\n\n { "id" : "a.1", "prompt": "q"}\n{"id":"m_2","prompt":"r"}\n'
+    assert prompt_ids_of_jsonl(by_hand) == ["z9", "a.1", "m_2"]
+    assert prompt_ids_of_jsonl(b"") == []
