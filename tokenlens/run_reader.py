@@ -111,10 +111,6 @@ class RunSummary:
     cancelled: bool = False
 
     @classmethod
-    def of(cls, progress: RunProgress) -> RunSummary:
-        return cls.from_counts(progress.manifest, progress.counts)
-
-    @classmethod
     def from_counts(cls, manifest: RunManifest, counts: RunCounts) -> RunSummary:
         return cls(
             run_id=manifest.run_id,
