@@ -359,30 +359,50 @@ def _group_probability(probabilities: np.ndarray, group: TokenGroup) -> float:
     return float(np.prod(probabilities[list(group.tokens)]))
 
 
+#: The prompts table's integer columns; the others hold text. Fixed types, so that every part file agrees: a
+#: part whose prompts all lack a value (no errors in its slice) would otherwise hold a column of type null,
+#: which DuckDB, pandas and Polars refuse to read together with a part where it holds text.
+PROMPT_COUNT_COLUMNS = ("n_input_tokens", "n_output_tokens")
+PROMPT_COLUMNS = (
+    "run_id", "prompt_id", "status", "prompt", "generated_text", "model", "method", "engine", "device",
+    *PROMPT_COUNT_COLUMNS, "timings_s", "error_type", "error_message",
+)  # fmt: skip
+
+
 def prompt_row(
     run_id: str, prompt_id: str, prompt: str | None, view: ResultView | None, error: dict[str, Any] | None
 ) -> dict[str, Any]:
     """One row of the prompts table."""
     metadata = view.metadata if view is not None else {}
     status = "done" if view is not None else ("error" if error is not None else "pending")
-    return {
+    generated = metadata.get("generated_text")
+    if view is not None and generated is None:
+        generated = "".join(view.output_tokens.clean_token)
+    texts = {
         "run_id": run_id,
         "prompt_id": prompt_id,
         "status": status,
         "prompt": metadata.get("prompt", prompt),
-        "generated_text": metadata.get("generated_text")
-        if view is None or metadata.get("generated_text") is not None
-        else "".join(view.output_tokens.clean_token),
+        "generated_text": generated,
         "model": metadata.get("llm_id"),
         "method": metadata.get("attribution_method"),
         "engine": metadata.get("engine"),
         "device": metadata.get("device"),
+    }
+    return {
+        **{name: None if value is None else str(value) for name, value in texts.items()},
         "n_input_tokens": len(view.input_tokens) if view is not None else None,
         "n_output_tokens": len(view.output_tokens) if view is not None else None,
         "timings_s": json.dumps(metadata.get("timings_s") or {}, sort_keys=True) if view is not None else None,
-        "error_type": (error or {}).get("error_type"),
-        "error_message": (error or {}).get("message"),
+        "error_type": None if error is None or error.get("error_type") is None else str(error["error_type"]),
+        "error_message": None if error is None or error.get("message") is None else str(error["message"]),
     }
+
+
+def prompts_table_types() -> dict[str, Any]:
+    """The Arrow type of each prompts-table column (see `PROMPT_COUNT_COLUMNS`)."""
+    pa = _pyarrow()
+    return {name: pa.int64() if name in PROMPT_COUNT_COLUMNS else pa.string() for name in PROMPT_COLUMNS}
 
 
 # --- writing part files ----------------------------------------------------------------------------------------
@@ -416,10 +436,13 @@ def parquet_options(schema: Any) -> dict[str, Any]:
 class PartWriter:
     """Rows of one table in, part files out (Parquet row groups, or CSV), to a folder or an object store."""
 
-    def __init__(self, storage: Storage, table: str, export_format: str, staging: Path, slice_index: int = 0) -> None:
+    def __init__(
+        self, storage: Storage, table: str, export_format: str, staging: Path, slice_index: int = 0,
+        types: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self.storage, self.table, self.format, self.staging = storage, table, export_format, staging
-        self.slice_index = slice_index
-        self.buffer = ColumnBuffer()
+        self.slice_index, self.types = slice_index, types
+        self.buffer = ColumnBuffer(types)
         self.part_rows = 0
         self.part_index = 0
         self.writer: Any = None
@@ -450,7 +473,7 @@ class PartWriter:
         self.pending = self.executor.submit(self.writer.write_table, table, **options)
         self.rows += self.buffer.rows
         self.part_rows += self.buffer.rows
-        self.buffer = ColumnBuffer()  # a new dictionary per row group: it holds only that group's strings
+        self.buffer = ColumnBuffer(self.types)  # a new dictionary per row group: it holds only that group's strings
         if self.part_rows >= ROWS_PER_PART:
             self._close_part()
 
@@ -502,7 +525,9 @@ class ColumnBuffer:
     DuckDB groups by it without comparing strings); CSV gets plain strings.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, types: dict[str, Any] | None = None) -> None:
+        #: Arrow types of the columns given as lists of values (inferred from the values where not named).
+        self.types = types or {}
         self.chunks: dict[str, list[Any]] = {}
         self.dictionaries: dict[str, dict[str, int]] = {}
         self.rows = 0
@@ -543,7 +568,7 @@ class ColumnBuffer:
             elif isinstance(chunks[0], np.ndarray):
                 arrays[name] = pa.array(np.concatenate(chunks))
             else:
-                arrays[name] = pa.array([value for chunk in chunks for value in chunk])
+                arrays[name] = pa.array([value for chunk in chunks for value in chunk], type=self.types.get(name))
         return pa.table(arrays)
 
 
@@ -660,7 +685,7 @@ def export_slice(job: SliceJob) -> ExportReport:
     unreadable: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="tokenlens-export-") as staging:
         attributions = PartWriter(target, "attributions", job.export_format, Path(staging), job.index)
-        prompts = PartWriter(target, "prompts", job.export_format, Path(staging), job.index)
+        prompts = PartWriter(target, "prompts", job.export_format, Path(staging), job.index, prompts_table_types())
         for entry, view, error in _walk(store, job.prompts, unreadable):
             if view is not None:
                 columns = attribution_columns(view, job.level, job.run_id)

@@ -224,3 +224,21 @@ def test_token_ids_and_dictionary_strings(run_dir: Path, tmp_path: Path) -> None
     dictionary = group.column("source_clean_token").chunk(0).dictionary.to_pylist()
     mine = frame[frame.prompt_id.isin(set(group.column("prompt_id").to_pylist()))]
     assert sorted(dictionary) == sorted(set(dictionary)) == sorted(set(mine.source_clean_token))
+
+
+def test_prompt_parts_agree_on_types_when_a_slice_has_no_errors(tmp_path: Path) -> None:
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    write_synthetic_run(LocalStorage(tmp_path / "results"), "r1", 6, n_in=N_IN, n_out=N_OUT, failed=[4])
+    export.export_run(str(tmp_path / "results"), "r1", str(tmp_path / "out"), jobs=2)  # slices of 3: one error
+    parts = sorted((tmp_path / "out/prompts").glob("*.parquet"))
+    assert len(parts) == 2 and len({pq.read_schema(part) for part in parts}) == 1
+    assert list(pq.read_schema(parts[0]).names) == list(export.PROMPT_COLUMNS)
+    frame = pd.read_parquet(tmp_path / "out/prompts").set_index("prompt_id")
+    assert frame.loc["p000004"].error_type == "X" and frame.error_type.isna().sum() == 5
+    relation = duckdb.sql(f"SELECT count(error_type) FROM read_parquet('{tmp_path}/out/prompts/*.parquet')")
+    assert relation is not None and relation.fetchall() == [(1,)]
+    assert pl.scan_parquet(str(tmp_path / "out/prompts/*.parquet")).collect().height == 6
