@@ -28,10 +28,13 @@ def _progress_bar(total: int, unit: str, label: str) -> Any:
     help="Rows per token, or per word or sentence (scores summed over each group's tokens).",
 )  # fmt: skip
 @click.option(
-    "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-    help="Processes exporting at once (each takes a slice of the prompts and writes its own part files).",
+    "--jobs", type=click.IntRange(min=1), default=None,
+    help="Processes exporting at once, each taking slices of the prompts into part files of its own "
+    "[default: the CPUs this process may use].",
 )  # fmt: skip
-def export_command(run_id: str, results_url: str | None, dest: str, export_format: str, level: str, jobs: int) -> None:
+def export_command(
+    run_id: str, results_url: str | None, dest: str, export_format: str, level: str, jobs: int | None
+) -> None:
     """Write RUN_ID's results as tables: DEST/attributions/ (one row per output x source) and DEST/prompts/.
 
     \b

@@ -224,7 +224,11 @@ def build_result(
 def _add_spans(tokenizer: Any, prompt: PromptInput, output: AttributionOutput, data: AnalysisData) -> str:
     """Give each token its character span (`tokenlens.words`); returns the generated text output spans point into."""
     model_text = prompt.model_text or prompt.text
-    ids, offsets = encode_text(tokenizer, model_text)
+    offsets: list[tuple[int, int]] | None
+    if prompt.offsets is not None:  # from `prepare_prompt`: the tokens and offsets of model_text
+        ids, offsets = prompt.input_ids, prompt.offsets
+    else:  # a prompt built by hand, or a tokenizer without offsets: ask it once more
+        ids, offsets = encode_text(tokenizer, model_text)
     if ids == output.input_ids:  # an engine that dropped tokens keeps no spans: words fall back to token text
         mask = [token.is_template for token in data.input_tokens]
         for token, span in zip(

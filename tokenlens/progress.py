@@ -296,3 +296,13 @@ def start_record(store: RunStore, manifest: RunManifest) -> None:
     """Give a brand-new run its progress record (nothing done yet), so it is never rebuilt by a listing."""
     empty = RunProgress(manifest=manifest, done_ids=frozenset(), failed_ids=frozenset())
     _store_base(store, empty, {})
+
+
+def record_mark(store: RunStore) -> str | None:
+    """A token that changes whenever the run's results may have: its stored counts and every writer's tally
+    (each result created or removed moves one). O(writers): readers compare it instead of listing the results.
+    None when the run has no record (storage written by hand): only a listing tells then."""
+    base, tallies, _cancelled = _read_record(store)
+    if base is None and not tallies:
+        return None
+    return json.dumps([base, tallies], sort_keys=True)

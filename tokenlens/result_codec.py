@@ -158,8 +158,12 @@ def _text(raw: bytes, source: str) -> str:
 
 def load_document(raw: bytes, source: str = "result") -> dict[str, Any]:
     """The JSON object of a result file in any format, matrices as stored (packed or not)."""
+    return _parsed_document(_text(raw, source), source)
+
+
+def _parsed_document(text: str, source: str) -> dict[str, Any]:
     try:
-        document = json.loads(_text(raw, source))
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ResultFormatError(f"{source}: malformed JSON ({exc})") from None
     if not isinstance(document, dict) or not isinstance(document.get("metadata"), dict):
@@ -167,6 +171,53 @@ def load_document(raw: bytes, source: str = "result") -> dict[str, Any]:
     if not isinstance(document.get("data"), dict):
         raise ResultFormatError(f"{source}: not a result file (no data object)")
     return document
+
+
+#: How `encode_result` ends a json-format file: the raw matrix, last, as rows of numbers.
+_MATRIX_LAST = ',"association_matrix":[['
+
+
+def load_document_and_matrix(raw: bytes, source: str = "result") -> tuple[dict[str, Any], np.ndarray | None]:
+    """`load_document`, but a json-format file's matrix comes back apart, as float64, parsed by Arrow.
+
+    Parsing a matrix's numbers as Python floats is most of the cost of reading a json-format file; a file laid
+    out as `encode_result` writes it (``...,"association_matrix":[[...]]}}``) is read in under half the time.
+    The document then has no ``association_matrix``. Any other file (compact, other writers, rows of unequal
+    length, anything but numbers) is `load_document`'s, with None for the matrix.
+    """
+    text = _text(raw, source)
+    cut = text.rfind(_MATRIX_LAST)
+    if cut > 0 and text.endswith("]]}}"):
+        matrix = _number_rows(text[cut + len(_MATRIX_LAST) - 2 : -2])
+        if matrix is not None:
+            try:
+                document = _parsed_document(text[:cut] + "}}", source)
+            except ResultFormatError:
+                document = None
+            # The cut object is the document's last member (the `}}` after it): it must be its data.
+            if document is not None and list(document)[-1] == "data" and "association_matrix" not in document["data"]:
+                return document, matrix
+    return _parsed_document(text, source), None
+
+
+def _number_rows(text: str) -> np.ndarray | None:
+    """``[[1,2],[3,4]]`` as a float64 matrix; None for anything else (the JSON parser then has its say)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not text.startswith("[[") or not text.endswith("]]"):
+        return None
+    rows = pc.split_pattern(pa.array([text[2:-2]]), "],[").flatten()
+    cells = pc.split_pattern(rows, ",")
+    widths = pc.min_max(pc.list_value_length(cells)).as_py()
+    if widths["min"] != widths["max"]:
+        return None
+    try:  # a cell that is not a number (a bracket, a quote, a space, an empty cell) fails the cast
+        values = pc.cast(cells.flatten(), pa.float64())
+    except pa.ArrowInvalid:
+        return None
+    matrix: np.ndarray = values.to_numpy(zero_copy_only=False).reshape(len(rows), widths["max"])
+    return matrix
 
 
 def read_metadata(raw: bytes, source: str = "result") -> dict[str, Any]:

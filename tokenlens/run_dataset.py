@@ -22,7 +22,15 @@ import numpy as np
 
 from storage_backends import Storage, open_storage
 from tokenlens.errors import RunNotFoundError
-from tokenlens.export import ExportReport, ResultView, attribution_columns, columns_table, export_run, prompt_row
+from tokenlens.export import (
+    ColumnBuffer,
+    ExportReport,
+    ResultView,
+    TokenColumns,
+    attribution_columns,
+    export_run,
+    prompt_row,
+)
 from tokenlens.result_codec import ResultFormatError
 from tokenlens.results import RunStore, list_run_ids
 from tokenlens.schema import AnalysisResult, RunManifest
@@ -76,14 +84,14 @@ class RunDataset:
     def to_arrow(self, level: str = "token") -> Any:
         """The attributions table (`tokenlens.export`) at `level` as one pyarrow Table, in memory."""
         check_level(level)
-        buffer: dict[str, list[Any]] = {}
+        buffer = ColumnBuffer()
         for result in self.results():
-            for name, values in attribution_columns(ResultView.of_result(result), level, self.run_id).items():
-                buffer.setdefault(name, []).append(values)
-        if not buffer:
-            empty = ResultView("", {}, [], [], np.zeros((0, 0)))
-            buffer = {name: [values] for name, values in attribution_columns(empty, level, self.run_id).items()}
-        return columns_table(buffer)
+            columns = attribution_columns(ResultView.of_result(result), level, self.run_id)
+            buffer.add(columns, len(columns["score"]))
+        if not buffer.chunks:  # no results: the table's columns, without rows
+            no_tokens = TokenColumns.of_tokens([])
+            buffer.add(attribution_columns(ResultView("", {}, no_tokens, no_tokens, np.zeros((0, 0))), level, ""), 0)
+        return buffer.table()
 
     def to_pandas(self, level: str = "token") -> Any:
         """The attributions table at `level` as a pandas DataFrame (string columns as plain strings)."""

@@ -30,7 +30,8 @@ Everything is computed from `PromptDigest`s: one small summary per result file, 
 create-only) from the bytes through `tokenlens.result_codec`, so plain JSON, compact and seed files all work.
 `RunViewCache` keeps a run's aggregate (and each prompt's cost) keyed by the result files seen (id and size): a
 call that finds the same files answers from memory; new files are digested and added to the aggregate without
-touching the rest (a removed file, which only happens to a corrupt one, makes the run be digested afresh).
+touching the rest (a removed file, which only happens to a corrupt one, makes the run be digested afresh). The
+files are listed again only when the run's progress record moved (or after `RESULTS_RELIST_S`).
 Nothing here imports the UI; ui/run_views_api.py serves these views over HTTP.
 """
 
@@ -49,6 +50,7 @@ import numpy as np
 
 from storage_backends import NotFoundError, Storage
 from tokenlens.errors import TokenLensError
+from tokenlens.progress import record_mark
 from tokenlens.result_codec import ResultFormatError, load_document, upgrade_document
 from tokenlens.results import RunStore, list_run_ids
 from tokenlens.run_agreement import AGREEMENT_TOP_K, PromptAgreement, PromptMatrix, agreement_view, compare_prompts
@@ -65,6 +67,9 @@ LEVELS = ("token", "word")
 #: How long the performance view reuses its list of runs: listing the runs walks every result file, and a
 #: new run appears far less often than the page asks (each run's own results are listed on every call).
 RUN_LIST_TTL_S = 10.0
+#: A run's result files are listed again when its progress record moves (`tokenlens.progress.record_mark`), and
+#: at least this often, for files put in storage some other way (by hand, a writer that keeps no tally).
+RESULTS_RELIST_S = 30.0
 T = TypeVar("T")
 
 
@@ -475,6 +480,8 @@ class RunViewCache:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._run_list: tuple[float, list[str]] | None = None
+        #: Per run: the progress mark and time of its last listing, and the files it found.
+        self._listings: dict[str, tuple[str | None, float, dict[str, int]]] = {}
 
     def _run_ids(self) -> list[str]:
         """Every run under the root, listed again at most every `RUN_LIST_TTL_S` (the listing walks every file)."""
@@ -492,9 +499,20 @@ class RunViewCache:
             return self._locks.setdefault(key, threading.Lock())
 
     def _result_files(self, run_id: str) -> tuple[RunStore, dict[str, int]]:
+        """The run's result files (id -> size): listed again only when its progress record moved (a few small
+        reads instead of a listing of every result), or after `RESULTS_RELIST_S`."""
         store = RunStore(self.storage, run_id)
         store.read_manifest(prompt_ids=False)  # RunNotFoundError / RunUnreadableError for a run that isn't one
-        return store, store.sizes("results")
+        mark = record_mark(store)  # read before listing: a result written in between moves it for next time
+        now = time.monotonic()
+        with self._guard:
+            listed = self._listings.get(run_id)
+        if listed is not None and mark is not None and listed[0] == mark and now - listed[1] < RESULTS_RELIST_S:
+            return store, dict(listed[2])
+        files = store.sizes("results")
+        with self._guard:
+            self._listings[run_id] = (mark, now, files)
+        return store, dict(files)
 
     def run_state(self, run_id: str) -> RunState:
         """The run's state, up to date (for tests: no lock is held while the caller reads it)."""

@@ -95,4 +95,5 @@ def prepare_prompt(
         target_ids=target_ids,
         model_text=text,
         contrast_ids=contrast_ids,
+        offsets=offsets,
     )

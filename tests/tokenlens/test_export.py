@@ -6,6 +6,7 @@ both result formats; numbers are checked against the results read back through t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -136,9 +137,9 @@ def test_export_to_s3_is_read_back_by_duckdb_through_the_store(run_dir: Path, s3
     report = export.export_run(str(run_dir), "r1", dest)
     storage = open_storage(dest)
     keys = sorted(info.key for info in storage.list(""))
-    assert keys == ["attributions/part-00000-000.parquet", "prompts/part-00000-000.parquet"]
-    table = pq.read_table(io.BytesIO(storage.get("attributions/part-00000-000.parquet")))
-    assert table.num_rows == report.rows["attributions"]
+    assert keys == report.files and "attributions/part-00000-000.parquet" in keys
+    parts = [pq.read_table(io.BytesIO(storage.get(key))) for key in keys if key.startswith("attributions/")]
+    assert sum(table.num_rows for table in parts) == report.rows["attributions"]
 
 
 def test_an_earlier_export_is_never_mixed_in_and_file_names_are_the_ids(run_dir: Path, tmp_path: Path) -> None:
@@ -165,7 +166,7 @@ def test_slices_in_several_processes_write_the_same_rows(
 
     monkeypatch.setattr(export, "PROMPTS_PER_SLICE", 2)
     done: list[int] = []
-    one = export.export_run(str(run_dir), "r1", str(tmp_path / "one"))
+    one = export.export_run(str(run_dir), "r1", str(tmp_path / "one"), jobs=1)
     two = export.export_run(str(run_dir), "r1", str(tmp_path / "two"), jobs=2, on_progress=done.append)
     assert sum(done) == 9 and len(done) == 5  # 9 prompts in slices of 2, each reported when finished
     assert one.rows == two.rows and len([f for f in two.files if f.startswith("attributions/")]) == 5
@@ -173,3 +174,71 @@ def test_slices_in_several_processes_write_the_same_rows(
     first = pd.read_parquet(tmp_path / "one/attributions").sort_values(columns).reset_index(drop=True)
     second = pd.read_parquet(tmp_path / "two/attributions").sort_values(columns).reset_index(drop=True)
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_cli_jobs_2_writes_the_same_table_as_jobs_1_and_defaults_to_the_cpus(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(export, "PROMPTS_PER_SLICE", 3)  # 9 prompts: three slices, so two processes share them
+    tables = {}
+    for jobs in ("1", "2"):
+        dest = tmp_path / f"jobs{jobs}"
+        code, _out, _err = run_tokenlens(
+            ["export", "r1", "--results", str(run_dir), "--dest", str(dest), "--jobs", jobs], capsys
+        )
+        assert code == 0 and len(list((dest / "attributions").glob("part-*.parquet"))) == 3
+        table = pq.read_table(dest / "attributions")
+        plain = table.cast(
+            pa.schema([pa.field(f.name, pa.string()) if pa.types.is_dictionary(f.type) else f for f in table.schema])
+        )
+        order = [("prompt_id", "ascending"), ("output_position", "ascending"), ("source_position", "ascending")]
+        tables[jobs] = plain.sort_by(order)
+    assert tables["1"].num_rows == 8 * reachable_cells(N_IN, N_OUT)
+    assert tables["1"].equals(tables["2"])
+    cpus = os.process_cpu_count() if hasattr(os, "process_cpu_count") else len(os.sched_getaffinity(0))
+    assert export.default_jobs() == cpus
+
+
+def test_token_ids_and_dictionary_strings(run_dir: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    export.export_run(str(run_dir), "r1", str(tmp_path / "tokens"))
+    export.export_run(str(run_dir), "r1", str(tmp_path / "words"), level="word")
+    results = {r.metadata.prompt_id: r for r in open_run(str(run_dir), "r1").results()}
+    frame = pq.read_table(tmp_path / "tokens/attributions").to_pandas()
+    for row in frame.sample(20, random_state=0).itertuples():
+        result = results[row.prompt_id]
+        sources = [*result.data.input_tokens, *result.data.output_tokens]
+        assert row.source_token_id == sources[row.source_position].token_id
+        assert row.output_token_id == result.data.output_tokens[row.output_position].token_id
+    words = pq.read_table(tmp_path / "words/attributions")
+    assert words.column("source_token_id").null_count == words.num_rows  # a word has no single vocabulary id
+    # Strings are dictionary-encoded, each distinct string once per row group, whichever prompts it came from.
+    part = pq.ParquetFile(next((tmp_path / "tokens/attributions").glob("*.parquet")))
+    assert pa.types.is_dictionary(part.schema_arrow.field("source_clean_token").type)
+    group = part.read_row_group(0, columns=["source_clean_token", "prompt_id"])
+    dictionary = group.column("source_clean_token").chunk(0).dictionary.to_pylist()
+    mine = frame[frame.prompt_id.isin(set(group.column("prompt_id").to_pylist()))]
+    assert sorted(dictionary) == sorted(set(dictionary)) == sorted(set(mine.source_clean_token))
+
+
+def test_prompt_parts_agree_on_types_when_a_slice_has_no_errors(tmp_path: Path) -> None:
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    write_synthetic_run(LocalStorage(tmp_path / "results"), "r1", 6, n_in=N_IN, n_out=N_OUT, failed=[4])
+    export.export_run(str(tmp_path / "results"), "r1", str(tmp_path / "out"), jobs=2)  # slices of 3: one error
+    parts = sorted((tmp_path / "out/prompts").glob("*.parquet"))
+    assert len(parts) == 2 and len({pq.read_schema(part) for part in parts}) == 1
+    assert list(pq.read_schema(parts[0]).names) == list(export.PROMPT_COLUMNS)
+    frame = pd.read_parquet(tmp_path / "out/prompts").set_index("prompt_id")
+    assert frame.loc["p000004"].error_type == "X" and frame.error_type.isna().sum() == 5
+    relation = duckdb.sql(f"SELECT count(error_type) FROM read_parquet('{tmp_path}/out/prompts/*.parquet')")
+    assert relation is not None and relation.fetchall() == [(1,)]
+    assert pl.scan_parquet(str(tmp_path / "out/prompts/*.parquet")).collect().height == 6

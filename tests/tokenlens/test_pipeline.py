@@ -136,3 +136,35 @@ def test_tokens_carry_spans_words_and_sentences_and_files_stay_seed_valid(tiny_l
     assert words == ["Tokenizers", " split", " words", ".", " Then", " sentences", "!"]
     sentence_of = {t.sentence for t in inputs if not t.is_template}
     assert len(sentence_of) == 2 and all(t.word is not None for t in [*inputs, *outputs])
+
+
+def test_input_spans_come_from_the_offsets_tokenized_with_the_prompt(tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    import numpy as np
+
+    from tokenlens.engine.types import AttributionOutput, PromptInput
+    from tokenlens.tokenization import encode_text, prepare_prompt
+
+    record = PromptRecord(id="s", prompt="Offsets travel with the prompt")
+    prompt = prepare_prompt(tiny_llama, record, chat_template=True, max_new_tokens=2)
+    assert (prompt.input_ids, prompt.offsets) == encode_text(tiny_llama.tokenizer, prompt.model_text)
+    output = AttributionOutput(
+        prompt_id="s", input_ids=prompt.input_ids, output_ids=[5, 6], engine="native",
+        scores=np.zeros((2, len(prompt.input_ids) + 2)), token_probabilities=[0.5, 0.5],
+    )  # fmt: skip
+
+    def input_spans(prepared: PromptInput) -> list[list[int] | None]:
+        result = pipeline.build_result(
+            tiny_llama, record, prepared, output, method="saliency", run_id="r1", generation_params={}
+        )
+        return [t.span for t in result.data.input_tokens]
+
+    spans = input_spans(prompt)
+    assert "".join(record.prompt[s[0] : s[1]] for s in spans if s is not None) == record.prompt
+    # Offsets one character later give spans one character later: they are used, not tokenized again.
+    assert prompt.offsets is not None
+    later = dataclasses.replace(prompt, offsets=[(start + 1, end + 1) for start, end in prompt.offsets])
+    moved = input_spans(later)
+    end = len(record.prompt)
+    assert moved == [None if s is None else [min(s[0] + 1, end), min(s[1] + 1, end)] for s in spans]

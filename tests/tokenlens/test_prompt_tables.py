@@ -66,6 +66,33 @@ def test_saved_dataset_folder_with_splits(tmp_path: Path) -> None:
         read_prompt_set(PromptSource(str(tmp_path / "boolq"), column="question", split="test"))
 
 
+def test_a_hub_id_reads_the_local_datasets_cache_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hf:<id>`` without the hub: `datasets` reads the copy in its cache, which the test writes as a download would
+    (``<cache>/<owner>___<name>/default/<version>/<hash>/<name>-<split>.arrow``)."""
+    import shutil
+
+    import datasets
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    builder = Parquet(
+        cache_dir=str(tmp_path / "built"), dataset_name="boolq_mini", hash="0" * 16,
+        data_files={"train": str(parquet_file(tmp_path))},
+    )  # fmt: skip
+    builder.download_and_prepare()
+    config_folder = Path(builder.cache_dir).parents[1]  # <built>/boolq_mini/<config>/, holding <version>/<hash>/
+    shutil.copytree(config_folder, cache / "tokenlens-tests___boolq_mini" / "default")
+    records = read_prompt_set(
+        PromptSource("hf:tokenlens-tests/boolq_mini", column="question", id_column="qid", limit=2)
+    )
+    assert [(r.id, r.prompt) for r in records] == [("q-1", "is the sky blue"), ("q-2", "do fish swim")]
+    # An id the cache doesn't hold is a clear error naming it and the fix.
+    with pytest.raises(PromptSetError, match=r"hf:tokenlens-tests/not_cached: not a readable dataset .*hub reachable"):
+        read_prompt_set(PromptSource("hf:tokenlens-tests/not_cached", column="question"))
+
+
 @pytest.mark.parametrize(
     ("columns", "source", "message"),
     [

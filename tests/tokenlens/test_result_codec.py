@@ -20,6 +20,7 @@ from tokenlens.result_codec import (
     encode_result,
     float32_text,
     load_document,
+    load_document_and_matrix,
     read_metadata,
     resolve_format,
 )
@@ -70,6 +71,39 @@ def test_scores_are_written_as_the_shortest_float32_text() -> None:
     matrix = np.array([[np.float32(0.1), np.float32(1 / 3), 0.0, -0.0], [np.float32(2.5e-7), 7.0, 1e30, 0.0]])
     assert float32_text(matrix) == "[[0.1,0.33333334,0,0],[2.5e-07,7.0,1e+30,0]]"
     assert np.float32(float("0.33333334")) == np.float32(1 / 3) and np.float32(float("2.5e-07")) == np.float32(2.5e-7)
+
+
+def test_a_json_files_matrix_is_parsed_apart_to_the_same_numbers() -> None:
+    result = synthetic(7, 6)
+    result.data.association_matrix[0][0] = 1e-30  # shortest texts with exponents, zeros, negatives
+    result.metadata.prompt = 'say ,"association_matrix":[[1]]}} and ]]}}'  # the key in the text does not fool it
+    body = encode_result(result, "json").body
+    document, matrix = load_document_and_matrix(body)
+    assert matrix is not None and "association_matrix" not in document["data"]
+    assert np.array_equal(matrix, np.asarray(load_document(body)["data"]["association_matrix"], dtype=np.float64))
+    assert document["metadata"] == load_document(body)["metadata"]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "[[1,2],[3]]",  # rows of unequal length
+        "[[1,2],[3,[4]]]",
+        '[[1,2]],"x":[[3]]',  # not the data object's last member
+        "[[1, 2]]",
+        "[[]]",
+    ],
+)
+def test_a_matrix_that_is_not_plain_rows_of_numbers_is_left_to_the_json_parser(tail: str) -> None:
+    body = ('{"metadata":{"prompt":"x"},"data":{"input_tokens":[],"association_matrix":' + tail + "}}").encode()
+    document, matrix = load_document_and_matrix(body)
+    assert matrix is None and document == json.loads(body)
+
+
+def test_a_compact_file_keeps_its_packed_matrix() -> None:
+    body = encode_result(synthetic(7, 6), "compact").body
+    document, matrix = load_document_and_matrix(body)
+    assert matrix is None and document == load_document(body)
 
 
 def test_compact_is_gzip_json_with_a_packed_matrix_and_stated_precision() -> None:

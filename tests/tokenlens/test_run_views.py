@@ -219,6 +219,29 @@ def test_the_cache_answers_from_memory_and_adds_new_results(storage: Storage) ->
     assert cache.importance("r")["prompts"] == 1
 
 
+def test_results_are_listed_again_only_when_the_progress_record_moves(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenlens import run_views
+    from tokenlens.result_codec import encode_result
+
+    store = _write(storage, "r", [_result("r", "a", PROMPT_A)])
+    cache = RunViewCache(storage)
+    assert cache.importance("r")["prompts"] == 1
+    # A file put in storage by hand moves no writer's tally: the cache doesn't list the run to find it...
+    storage.put("runs/r/results/b.json", encode_result(_result("r", "b", PROMPT_B), "json").body)
+    assert cache.importance("r")["prompts"] == 1
+    # ... until a result written through the store moves the record,
+    store.write_result(_result("r", "c", PROMPT_B))
+    assert cache.importance("r")["prompts"] == 3
+    # or the listing is older than RESULTS_RELIST_S.
+    storage.put("runs/r/results/d.json", encode_result(_result("r", "d", PROMPT_B), "json").body)
+    assert cache.importance("r")["prompts"] == 3
+    monkeypatch.setattr(run_views, "RESULTS_RELIST_S", 0.0)
+    assert cache.importance("r")["prompts"] == 4
+    assert cache.importance("r") == RunViewCache(storage).importance("r")
+
+
 def test_an_unreadable_result_is_listed_with_its_reason(storage: Storage) -> None:
     _write(storage, "r", [_result("r", "a", PROMPT_A)])
     storage.put("runs/r/results/broken.json", b'{"metadata": {}, "data": {"input_tokens": 3}}')

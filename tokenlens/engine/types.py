@@ -29,6 +29,9 @@ class PromptInput:
     #: Per output token, the token a contrastive attributed function differentiates instead (contrast_prob,
     #: contrast_logit); aligned with the continuation, so its length is the number of output tokens.
     contrast_ids: list[int] | None = None
+    #: Each input token's character offsets in `model_text`, as the tokenizer gave them with `input_ids`
+    #: (None where it gives none): the words' spans are taken from them, without tokenizing the text again.
+    offsets: list[tuple[int, int]] | None = None
 
 
 @dataclass
