@@ -23,6 +23,9 @@ GREEDY_LOOP_PARAMS = frozenset(
     {"max_new_tokens", "do_sample", "num_beams", "use_cache", "eos_token_id", "pad_token_id"}
 )
 
+#: On a GPU, decoding steps between two checks that every row has finished (steps_between_finish_checks).
+GPU_FINISH_CHECK_STEPS = 8
+
 #: Generation-config fields that change greedy decoding when set (`model.generate` applies them).
 _PROCESSOR_FIELDS = (
     "repetition_penalty",
@@ -183,28 +186,36 @@ def _generate_loop(loaded: LoadedModel, batch: Sequence[PromptInput], params: di
     forward_kwargs: dict[str, Any] = {_cache_kwarg(model): cache, "use_cache": True}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         forward_kwargs["logits_to_keep"] = 1
-    generated: list[list[int]] = [[] for _ in batch]
+    new_tokens: list[Any] = []  # per step, the batch's tokens [B], on the device until the loop ends
     finished = torch.zeros(len(batch), dtype=torch.bool, device=ids.device)
     limit_tensor = torch.tensor(limits, device=ids.device)
     eos_tensor = torch.tensor(sorted(eos), device=ids.device) if eos else None
     pad = pad_token_id(loaded)
+    check_every = steps_between_finish_checks(ids.device)
     step_input, step_positions = ids, positions
     for step in range(steps):
         logits = model(input_ids=step_input, attention_mask=mask, position_ids=step_positions, **forward_kwargs).logits
         next_tokens = logits[:, -1, :].argmax(dim=-1)
         next_tokens = torch.where(finished, torch.full_like(next_tokens, pad), next_tokens)
-        for row, token in enumerate(next_tokens.tolist()):
-            if not finished[row]:
-                generated[row].append(int(token))
+        new_tokens.append(next_tokens)
         if eos_tensor is not None:
             finished |= torch.isin(next_tokens, eos_tensor)
         finished |= limit_tensor <= step + 1
-        if bool(finished.all()):
+        if (step + 1) % check_every == 0 and bool(finished.all()):  # the loop's one wait for the device
             break
         step_input = next_tokens.unsqueeze(-1)
         step_positions = step_positions[:, -1:] + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+    # A finished row was fed (and recorded) padding since; _trim cuts it at its EOS or its own limit.
+    generated = torch.stack(new_tokens, dim=1).tolist()
     return [_trim(tokens, limit, eos) for tokens, limit in zip(generated, limits, strict=True)]
+
+
+def steps_between_finish_checks(device: Any) -> int:
+    """Decoding steps between two checks that every row has finished. Each check waits for the device, which
+    on a GPU stalls the queue of the next step's kernels; on a CPU it costs nothing and a step past the end
+    costs a whole forward pass."""
+    return 1 if device.type == "cpu" else GPU_FINISH_CHECK_STEPS
 
 
 def _generate_hf(loaded: LoadedModel, batch: Sequence[PromptInput], params: dict[str, Any]) -> list[list[int]]:

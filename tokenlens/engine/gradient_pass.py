@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tokenlens.engine.head_gradient import HeadGradient, probabilities_from_hidden
 from tokenlens.engine.layout import BatchScores, Item, Layout, build_layout, cache_kwarg
+from tokenlens.engine.memory import FORWARD, PREPARE, out_of_memory_phase
 from tokenlens.models import LoadedModel
 
 if TYPE_CHECKING:
@@ -47,6 +48,11 @@ class _GradientPass:
     bounds: list[int]
     scores: list[np.ndarray]
     probabilities: list[list[float]]
+    #: Every target's scores [B, most outputs, end] (float32), kept on the model's device until the batch is
+    #: done: one copy to the host per batch, not one wait for the device per backward call.
+    device_scores: Any = None
+    #: p(y) of the targets so far, on the device: ((row, output index) per value, values) per backward call.
+    device_probabilities: list[tuple[list[tuple[int, int]], Any]] = field(default_factory=list)
     #: Per target position, the weighted gradient summed over integration-step groups (several groups only).
     accumulated: Any = None
     forward_s: float = 0.0
@@ -77,6 +83,7 @@ def gradient_batch(
         _run_group(run, group)
     if run.accumulated is not None:
         _write_accumulated(run)
+    _copy_to_host(run)
     return BatchScores(run.scores, run.probabilities, run.forward_s, run.backward_s)
 
 
@@ -116,10 +123,11 @@ def _prepare(
         bounds=layout.segment_bounds(layout.segment_length(chunk)),
         scores=layout.empty_scores(),
         probabilities=layout.empty_probabilities(),
+        device_scores=_zeros((len(items), max(layout.n_out), layout.end), inputs.device),
     )
     if method.integrates:  # the gradient passes never see the real input: one plain pass for p(y)
         started = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), out_of_memory_phase(PREPARE):
             hidden = loaded.model.base_model(
                 inputs_embeds=inputs,
                 attention_mask=layout.mask[:, : layout.end],
@@ -157,7 +165,8 @@ def _run_group(run: _GradientPass, group: list[int]) -> None:
     layout, replicas, end = run.layout, len(group), run.layout.end
     rows_input = run.inputs
     if run.baseline is not None:
-        rows_input = torch.cat([run.baseline + run.alphas[a] * (run.inputs - run.baseline) for a in group], dim=0)
+        with out_of_memory_phase(FORWARD):
+            rows_input = torch.cat([run.baseline + run.alphas[a] * (run.inputs - run.baseline) for a in group], 0)
     mask = layout.mask[:, :end].repeat(replicas, 1)
     positions = layout.positions[:, :end].repeat(replicas, 1)
     weights = torch.tensor([run.step_sizes[a] for a in group], dtype=torch.float32, device=run.inputs.device)
@@ -168,13 +177,14 @@ def _run_group(run: _GradientPass, group: list[int]) -> None:
         started = time.perf_counter()
         leaf = rows_input[:, seg_start:seg_end].detach().requires_grad_(True)
         leaves.append(leaf)
-        hidden = body(
-            inputs_embeds=leaf,
-            attention_mask=mask[:, :seg_end],
-            position_ids=positions[:, seg_start:seg_end],
-            use_cache=True,
-            **{cache_kw: cache},
-        ).last_hidden_state
+        with out_of_memory_phase(FORWARD):  # the graph of these rows: smaller backward calls can't help
+            hidden = body(
+                inputs_embeds=leaf,
+                attention_mask=mask[:, :seg_end],
+                position_ids=positions[:, seg_start:seg_end],
+                use_cache=True,
+                **{cache_kw: cache},
+            ).last_hidden_state
         run.forward_s += time.perf_counter() - started
         started = time.perf_counter()
         _backward_segment(run, hidden, leaves, seg_start, seg_end, replicas, weights)
@@ -237,8 +247,7 @@ def _segment_vjp(
             torch.tensor(contrast_ids, device=device),
         )
     if not run.method.integrates:  # these rows are the real input: their p(y) is the one to report
-        for (row, k), value in zip(owners, p_y.tolist(), strict=True):
-            run.probabilities[row][k] = float(value)
+        run.device_probabilities.append((owners, p_y))
     cotangents = torch.zeros((len(slots), *hidden.shape), dtype=hidden.dtype, device=device)
     cotangents[torch.tensor(slot_index, device=device), rows_t, offsets_t] = cotangent_rows
     # The legacy vmap behind is_grads_batched loops over slots for silu_backward and _softmax_backward_data;
@@ -258,16 +267,20 @@ def _integrate(grad: Any, step_sizes: Any, n_rows: int) -> Any:
 
 
 def _write_accumulated(run: _GradientPass) -> None:
+    """Reduce the summed gradients `chunk` targets at a time (the product with input - baseline is a float32
+    copy of what it reduces: of the whole sum, it would double the accumulator's memory)."""
     started = time.perf_counter()
     slots = [q for q in range(run.layout.end) if run.layout.targets_at(q)]
-    weighted = [run.accumulated[slots[0] - run.first_target :]]
-    _write_scores(run, weighted, [0, run.layout.end], slots)
+    for first in range(0, len(slots), run.chunk):
+        part = slots[first : first + run.chunk]
+        weighted = [run.accumulated[part[0] - run.first_target : part[-1] + 1 - run.first_target]]
+        _write_scores(run, weighted, [0, run.layout.end], part)
     run.backward_s += time.perf_counter() - started
 
 
 def _write_scores(run: _GradientPass, per_segment: list[Any], bounds: list[int], slots: list[int]) -> None:
     """Reduce gradients (per segment, [K, B, length, d]) to Inseq's per-token scores (L2 norm over d)
-    and write each target's row."""
+    and write each target's row of the device's score table."""
     import torch
 
     norms = []
@@ -275,8 +288,26 @@ def _write_scores(run: _GradientPass, per_segment: list[Any], bounds: list[int],
         baseline = run.baseline[:, start:stop] if run.baseline is not None else None
         attribution = run.method.attribution(grad, run.inputs[:, start:stop], baseline)
         norms.append(attribution.float().norm(dim=-1))
-    table = torch.cat(norms, dim=-1).cpu().numpy()  # [K, B, positions]
-    for j, position in enumerate(slots):
-        for row, k, _token in run.layout.targets_at(position):
-            pad = run.layout.pads[row]
-            run.scores[row][k, : position + 1 - pad] = table[j, row, pad : position + 1]
+    table = torch.cat(norms, dim=-1)  # [K, B, positions so far]
+    picks = [(j, row, k) for j, position in enumerate(slots) for row, k, _token in run.layout.targets_at(position)]
+    slot_index, row_index, output_index = (
+        torch.tensor([pick[column] for pick in picks], device=table.device) for column in range(3)
+    )
+    run.device_scores[row_index, output_index, : table.shape[-1]] = table[slot_index, row_index]
+
+
+def _copy_to_host(run: _GradientPass) -> None:
+    """The batch's scores and p(y) to the host, one copy each: each target's row up to its own position."""
+    import torch
+
+    table = run.device_scores.cpu().numpy()
+    layout = run.layout
+    for row, (start, pad) in enumerate(zip(layout.starts, layout.pads, strict=True)):
+        for k in range(layout.n_out[row]):
+            position = start + k - 1  # where output token k's logit is read
+            run.scores[row][k, : position + 1 - pad] = table[row, k, pad : position + 1]
+    if run.device_probabilities:
+        values = torch.cat([p_y for _owners, p_y in run.device_probabilities]).tolist()
+        owners = [owner for batch_owners, _p_y in run.device_probabilities for owner in batch_owners]
+        for (row, k), value in zip(owners, values, strict=True):
+            run.probabilities[row][k] = float(value)

@@ -68,6 +68,9 @@ class Layout:
     n_out: list[int]
     #: Per row, the contrast token of each output token (contrastive attributed functions), else None.
     contrasts: list[list[int] | None] = field(default_factory=list)
+    #: Per row, its output token ids, on the host: reading them from `ids` on a GPU would wait for the device
+    #: several times per target.
+    outputs: list[list[int]] = field(default_factory=list)
 
     @property
     def width(self) -> int:
@@ -84,7 +87,7 @@ class Layout:
         for row, (start, n_out) in enumerate(zip(self.starts, self.n_out, strict=True)):
             k = position + 1 - start
             if 0 <= k < n_out:
-                found.append((row, k, int(self.ids[row, position + 1])))
+                found.append((row, k, self.outputs[row][k]))
         return found
 
     def contrast_of(self, row: int, k: int) -> int:
@@ -133,8 +136,16 @@ def build_layout(loaded: LoadedModel, items: Sequence[Item]) -> Layout:
     device = loaded.model.device
     n_out = [len(item.output_ids) for item in items]
     contrasts = [item.prompt.contrast_ids for item in items]
+    outputs = [list(item.output_ids) for item in items]
     return Layout(
-        ids.to(device), mask.to(device), positions.to(device), pads, [width - n for n in n_out], n_out, contrasts
+        ids.to(device),
+        mask.to(device),
+        positions.to(device),
+        pads,
+        [width - n for n in n_out],
+        n_out,
+        contrasts,
+        outputs,
     )
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from tokenlens.engine.layout import MAX_SEGMENTS
+from tokenlens.engine.layout import LM_HEAD_ROWS, MAX_SEGMENTS
 from tokenlens.errors import MethodOptionError
 from tokenlens.models import LoadedModel
 
@@ -40,6 +42,10 @@ class MemoryModel:
     intermediate: int
     heads: int
     element_bytes: int
+    vocab: int = 0
+    #: The most the device can give the engine at all (0: the budget). A prompt whose smallest pieces need
+    #: more is refused before anything runs (engine/native.py); the budget above only sizes the pieces.
+    capacity_bytes: int = 0
 
     def graph_bytes(self, width: int) -> int:
         """Saved activations of one token-row through the whole model (keys/values once per segment)."""
@@ -54,13 +60,31 @@ class MemoryModel:
         """One row's attention weights (every layer and head, kept until averaged) and forward activations."""
         return self.element_bytes * self.layers * width * (self.heads * width + 4 * self.hidden + self.intermediate)
 
-    def rows_that_fit(self, width: int) -> int:
-        """Token-rows of `width` whose graph fits in two thirds of the budget."""
-        return max(1, (2 * self.budget_bytes // 3) // (width * self.graph_bytes(width)))
+    def head_bytes(self, rows: int) -> int:
+        """The closed-form head's buffers for `rows` targets (engine/head_gradient.py, at most LM_HEAD_ROWS at
+        once): logits in the model's dtype, the softmax and its masked copy in float32, that copy in the model's
+        dtype again for the product with the head's weight."""
+        return min(rows, LM_HEAD_ROWS) * self.vocab * (2 * self.element_bytes + 8)
 
-    def slots_that_fit(self, rows: int, width: int) -> int:
-        """Target slots per backward call that fit in a third of the budget, for `rows` rows of `width`."""
-        return max(1, (self.budget_bytes // 3) // (rows * width * self.backward_bytes(width)))
+    def accumulator_bytes(self, prompts: int, n_out: int, width: int) -> int:
+        """Integrated gradients' float32 sum over integration-step groups: every target x prompt x position x
+        embedding (engine/gradient_pass.py, allocated only when the steps take more than one pass)."""
+        return 4 * n_out * prompts * width * self.hidden
+
+    def rows_that_fit(self, width: int, reserved_bytes: int = 0) -> int:
+        """Token-rows of `width` whose graph fits in two thirds of the budget, less `reserved_bytes` held beside
+        it (integrated gradients' accumulator)."""
+        return max(1, (2 * self.budget_bytes // 3 - reserved_bytes) // (width * self.graph_bytes(width)))
+
+    def slots_that_fit(self, rows: int, width: int, reserved_bytes: int = 0) -> int:
+        """Target slots per backward call that fit in a third of the budget, for `rows` rows of `width`, less
+        `reserved_bytes` held beside them (the head's rows)."""
+        return max(1, (self.budget_bytes // 3 - reserved_bytes) // (rows * width * self.backward_bytes(width)))
+
+    @property
+    def limit_bytes(self) -> int:
+        """What a prompt's smallest pieces may need at most: the device's capacity, else the budget."""
+        return self.capacity_bytes or self.budget_bytes
 
 
 def layer_head_counts(loaded: LoadedModel) -> tuple[int, int]:
@@ -79,15 +103,30 @@ def memory_model(loaded: LoadedModel) -> MemoryModel:
     hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0) or 1024)
     intermediate = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden)
     layers, heads = layer_head_counts(loaded)
-    element_bytes = torch.finfo(loaded.model.get_input_embeddings().weight.dtype).bits // 8
+    embeddings = loaded.model.get_input_embeddings().weight
+    element_bytes = torch.finfo(embeddings.dtype).bits // 8
+    vocab = int(getattr(config, "vocab_size", None) or embeddings.shape[0])
     device = torch.device(loaded.device)
     if device.type == "cuda":
         budget = cuda_budget_bytes(device)
+        capacity = 2 * budget  # the budget is half of what the device can give
     else:
         budget = CPU_MEMORY_BUDGET_BYTES
         with contextlib.suppress(ValueError, OSError, AttributeError):
             budget = min(budget, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
-    return MemoryModel(int(budget), layers, hidden, intermediate, heads, element_bytes)
+        capacity = cpu_available_bytes()
+    return MemoryModel(int(budget), layers, hidden, intermediate, heads, element_bytes, vocab, capacity)
+
+
+def cpu_available_bytes() -> int:
+    """RAM a new allocation can still get (Linux's MemAvailable), else the machine's RAM; 0 if unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return 0
 
 
 def cuda_budget_bytes(device: Any) -> int:
@@ -105,6 +144,29 @@ def usable_bytes(driver_free: int, reserved: int, allocated: int) -> int:
     return driver_free + max(0, reserved - allocated)
 
 
+#: Where in a batch an out-of-memory error happened (`out_of_memory_phase`): building the rows' forward graph,
+#: the plain forward pass for p(y) of integrating methods, or (the default) a backward call or the head.
+FORWARD, PREPARE, BACKWARD = "forward", "prepare", "backward"
+_PHASE_ATTRIBUTE = "tokenlens_memory_phase"
+
+
+@contextlib.contextmanager
+def out_of_memory_phase(phase: str) -> Iterator[None]:
+    """Mark an out-of-memory error raised in the block with `phase` (the innermost mark wins): a forward pass
+    that ran out can't be helped by smaller backward calls, so the engine splits the rows instead."""
+    try:
+        yield
+    except BaseException as exc:
+        if is_out_of_memory(exc) and not hasattr(exc, _PHASE_ATTRIBUTE):
+            setattr(exc, _PHASE_ATTRIBUTE, phase)
+        raise
+
+
+def failed_phase(exc: BaseException) -> str:
+    """The phase `out_of_memory_phase` marked on `exc`; BACKWARD when none did."""
+    return str(getattr(exc, _PHASE_ATTRIBUTE, BACKWARD))
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
@@ -120,6 +182,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def release_memory() -> None:
+    """Free what a failed attempt held. Call it outside the `except` block: until that block ends, the
+    exception's traceback keeps the failed attempt's frames, and with them its graph, alive."""
     import torch
 
     gc.collect()

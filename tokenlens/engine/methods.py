@@ -58,6 +58,11 @@ class NativeMethod:
         """Whether `prompts` prompts padded to `width` fit the memory budget in one pass."""
         return prompts * self.graph_rows(options) <= memory.rows_that_fit(width)
 
+    def alone_bytes(self, memory: MemoryModel, width: int, n_out: int, options: dict[str, Any]) -> int:
+        """Peak memory of one prompt of `width` tokens (`n_out` of them attributed) in the smallest pieces the
+        engine can cut it into; more than the device has means it can never run."""
+        raise NotImplementedError
+
     def attribute_batch(
         self, loaded: LoadedModel, items: list[Item], options: dict[str, Any], chunk: int, step_group: int
     ) -> BatchScores:
@@ -86,6 +91,10 @@ class GradientMethod(NativeMethod):
     def attribution(self, grad: Any, inputs: Any, baseline: Any) -> Any:
         """The attribution per source embedding, from the gradient [K, B, length, d] and the embeddings."""
         raise NotImplementedError
+
+    def alone_bytes(self, memory: MemoryModel, width: int, n_out: int, options: dict[str, Any]) -> int:
+        """One row's forward graph, one target slot's backward call and the head's row for it."""
+        return width * (memory.graph_bytes(width) + memory.backward_bytes(width)) + memory.head_bytes(1)
 
     def attribute_batch(
         self, loaded: LoadedModel, items: list[Item], options: dict[str, Any], chunk: int, step_group: int
@@ -141,6 +150,14 @@ class IntegratedGradients(GradientMethod):
     def attribution(self, grad: Any, inputs: Any, baseline: Any) -> Any:
         return grad * (inputs - baseline).float()
 
+    def alone_bytes(self, memory: MemoryModel, width: int, n_out: int, options: dict[str, Any]) -> int:
+        """One step per pass: the float32 sum over the passes beside the graph; before them, the plain pass for
+        p(y) reads the head for every target (up to LM_HEAD_ROWS at once)."""
+        passes = super().alone_bytes(memory, width, n_out, options)
+        if self.graph_rows(options) > 1:
+            passes += memory.accumulator_bytes(1, n_out, width)
+        return max(passes, memory.head_bytes(n_out))
+
 
 class Attention(NativeMethod):
     """The chosen layers' and heads' attention weights from one forward pass, averaged as Inseq does."""
@@ -158,6 +175,9 @@ class Attention(NativeMethod):
     def batch_fits(self, memory: MemoryModel, prompts: int, width: int, options: dict[str, Any]) -> bool:
         return prompts * memory.attention_bytes(width) <= memory.budget_bytes
 
+    def alone_bytes(self, memory: MemoryModel, width: int, n_out: int, options: dict[str, Any]) -> int:
+        return memory.attention_bytes(width) + memory.head_bytes(n_out)
+
     def attribute_batch(
         self, loaded: LoadedModel, items: list[Item], options: dict[str, Any], chunk: int, step_group: int
     ) -> BatchScores:
@@ -168,13 +188,14 @@ class Attention(NativeMethod):
         from tokenlens.engine.generation import attention_implementation
         from tokenlens.engine.head_gradient import HeadGradient, probabilities_from_hidden
         from tokenlens.engine.layout import BatchScores, build_layout
+        from tokenlens.engine.memory import FORWARD, out_of_memory_phase
 
         layers, heads = self._layers_and_heads(loaded, options)
         layout = build_layout(loaded, items)
         scores, probabilities = layout.empty_scores(), layout.empty_probabilities()
         started = time.perf_counter()
         # Attention weights exist only under eager attention.
-        with torch.no_grad(), attention_implementation(loaded.model, "eager"):
+        with torch.no_grad(), attention_implementation(loaded.model, "eager"), out_of_memory_phase(FORWARD):
             output = loaded.model.base_model(
                 input_ids=layout.ids[:, : layout.end],
                 attention_mask=layout.mask[:, : layout.end],

@@ -13,8 +13,11 @@ output holds every step's activations. This engine
    (gradient_pass.py), started from the closed-form, well-conditioned gradient
    of the attributed function at the LM head (head_gradient.py); `attention`
    from one forward pass;
-4. on out-of-memory retries with half the target chunk, then half the batch,
-   then half the integration steps per pass, and fails only that prompt.
+4. refuses up front a prompt whose smallest pieces need more memory than the
+   device has (an error record naming the bytes); on out-of-memory frees the
+   failed attempt, then retries with half the target chunk (if a backward call
+   ran out), half the batch, then half the integration steps per pass (a
+   forward that ran out is never repeated at its size), and fails only that prompt.
 
 Parameters are frozen while it runs, so backward computes input gradients only.
 The scores are Inseq's *unnormalised* aggregate (`aggregate(normalize=False)`);
@@ -27,6 +30,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,7 +38,16 @@ import numpy as np
 from tokenlens import defaults
 from tokenlens.engine.generation import generate_greedy
 from tokenlens.engine.layout import BatchScores, Item
-from tokenlens.engine.memory import CPU_SLOT_ROWS, is_out_of_memory, memory_model, release_memory
+from tokenlens.engine.memory import (
+    BACKWARD,
+    CPU_SLOT_ROWS,
+    PREPARE,
+    MemoryModel,
+    failed_phase,
+    is_out_of_memory,
+    memory_model,
+    release_memory,
+)
 from tokenlens.engine.methods import NativeMethod, native_method
 from tokenlens.engine.options import CONTRASTIVE_FNS
 from tokenlens.engine.registry import validate_options
@@ -71,11 +84,14 @@ def attribute_native(
             f"the native engine attributes decoder-only models; {loaded.model_id} is encoder-decoder"
         )
     native.check_supported(loaded, options)
+    memory = memory_model(loaded)
     results: list[AttributionOutput | PromptFailure | None] = [None] * len(prompts)
     items: list[Item] = []
     to_generate: list[int] = []
     for index, prompt in enumerate(prompts):
-        failure = _check_prompt(loaded, prompt)
+        # Before generating, a prompt must fit with its forced target, or with one new token at least.
+        n_out = len(prompt.target_ids) if prompt.target_ids is not None else 1
+        failure = _check_prompt(loaded, prompt) or _check_memory(memory, native, options, prompt, n_out)
         if failure is not None:
             results[index] = failure
         elif prompt.target_ids is not None:
@@ -97,7 +113,11 @@ def attribute_native(
                     permanent=True,
                 )
             else:
-                items.append(Item(index, prompts[index], generated, {"generation": seconds}))
+                failure = _check_memory(memory, native, options, prompts[index], len(generated))
+                if failure is not None:
+                    results[index] = failure
+                else:
+                    items.append(Item(index, prompts[index], generated, {"generation": seconds}))
         items = _with_contrasts(items, options, results)
         for batch in _plan_batches(loaded, items, native, options, batch_size):
             for item, outcome in _attribute_resilient(loaded, batch, native, options):
@@ -144,6 +164,25 @@ def _check_prompt(loaded: LoadedModel, prompt: PromptInput) -> PromptFailure | N
             permanent=True,
         )
     return None
+
+
+def _check_memory(
+    memory: MemoryModel, method: NativeMethod, options: dict[str, Any], prompt: PromptInput, n_out: int
+) -> PromptFailure | None:
+    """A prompt whose smallest pieces need more memory than the device can give fails now, for good: retrying
+    smaller can't help, and running it would only fail (or, on a CPU, wake the OOM killer)."""
+    width = len(prompt.input_ids) + n_out
+    needed = method.alone_bytes(memory, width, n_out, options)
+    if needed <= memory.limit_bytes:
+        return None
+    gib = 2**30
+    message = (
+        f"prompt {prompt.prompt_id!r} ({len(prompt.input_ids)} + {n_out} tokens) needs ~{needed / gib:.1f} GiB "
+        f"for {method.name} even alone, in the smallest pieces (one target per backward call, one integration "
+        f"step per pass); the device can give it {memory.limit_bytes / gib:.1f} GiB. Use a device with more "
+        "memory, a smaller --max-new-tokens (or target) or a shorter prompt"
+    )
+    return PromptFailure(prompt.prompt_id, "OutOfMemoryError", message, permanent=True)
 
 
 def _with_contrasts(
@@ -196,29 +235,37 @@ def _generate_all(
 def _generate_resilient(
     loaded: LoadedModel, prompts: list[PromptInput], indices: list[int], generation_params: dict[str, Any]
 ) -> Iterator[tuple[int, list[int] | PromptFailure, float]]:
-    started = time.perf_counter()
+    """Generate a batch; on out-of-memory free it and generate each half, down to one prompt (which fails)."""
+    pending = [(prompts, indices)]
+    while pending:
+        group, group_indices = pending.pop()
+        started = time.perf_counter()
+        outputs = _try_generate(loaded, group, generation_params)
+        if isinstance(outputs, str):
+            release_memory()  # outside the `except`: the failed attempt's traceback and tensors are gone
+            if len(group) == 1:
+                message = f"out of memory generating this prompt alone: {outputs}"
+                yield group_indices[0], PromptFailure(group[0].prompt_id, "OutOfMemoryError", message), 0.0
+                continue
+            half = len(group) // 2
+            log.warning("out of memory generating %d prompts; splitting the batch in two", len(group))
+            pending += [(group[half:], group_indices[half:]), (group[:half], group_indices[:half])]
+            continue
+        share = (time.perf_counter() - started) / len(group)
+        for index, output in zip(group_indices, outputs, strict=True):
+            yield index, output, share
+
+
+def _try_generate(
+    loaded: LoadedModel, prompts: list[PromptInput], generation_params: dict[str, Any]
+) -> list[list[int]] | str:
+    """The continuations, or the out-of-memory message (the exception itself must not outlive this call)."""
     try:
-        outputs = generate_greedy(loaded, prompts, generation_params)
+        return generate_greedy(loaded, prompts, generation_params)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        release_memory()
-        if len(prompts) == 1:
-            yield (
-                indices[0],
-                PromptFailure(
-                    prompts[0].prompt_id, "OutOfMemoryError", f"out of memory generating this prompt alone: {exc}"
-                ),
-                0.0,
-            )
-            return
-        half = len(prompts) // 2
-        yield from _generate_resilient(loaded, prompts[:half], indices[:half], generation_params)
-        yield from _generate_resilient(loaded, prompts[half:], indices[half:], generation_params)
-        return
-    share = (time.perf_counter() - started) / len(prompts)
-    for index, output in zip(indices, outputs, strict=True):
-        yield index, output, share
+        return str(exc)
 
 
 # --------------------------------------------------------------------------- batching and out-of-memory
@@ -263,49 +310,87 @@ def _first_sizes(
         memory = memory_model(loaded)
         width = max(len(item.ids) for item in items)
         step_group = max(1, min(step_group, memory.rows_that_fit(width) // len(items)))
+        if step_group < method.graph_rows(options):  # several passes: their float32 sum sits beside the graph
+            n_out = max(len(item.output_ids) for item in items)
+            accumulator = memory.accumulator_bytes(len(items), n_out, width)
+            step_group = max(1, min(step_group, memory.rows_that_fit(width, accumulator) // len(items)))
         rows = step_group * len(items)
-        chunk = max(1, min(chunk, memory.slots_that_fit(rows, width)))
+        chunk = max(1, min(chunk, memory.slots_that_fit(rows, width, memory.head_bytes(chunk * rows))))
         if loaded.model.device.type == "cpu":
             chunk = max(1, min(chunk, CPU_SLOT_ROWS // rows))
     return chunk, step_group
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """One try at a batch: its prompts, targets per backward call and integration steps per pass."""
+
+    items: list[Item]
+    chunk: int
+    step_group: int
+
+
+@dataclass(frozen=True)
+class _OutOfMemory:
+    """What is kept of a failed attempt: where it ran out and the message, never the exception (its traceback
+    holds the attempt's graph)."""
+
+    phase: str
+    message: str
+
+
 def _attribute_resilient(
     loaded: LoadedModel, items: list[Item], method: NativeMethod, options: dict[str, Any]
 ) -> list[tuple[Item, AttributionOutput | PromptFailure]]:
-    """Attribute a batch; on out-of-memory halve the target chunk, then the batch, then the integration-step group."""
+    """Attribute a batch. On out-of-memory, free the failed attempt, then retry smaller: a backward call that ran
+    out halves the target chunk first; a forward pass that ran out (the rows' graph itself does not fit) splits
+    the batch, then the integration-step group, and is never run again at that size."""
     chunk, step_group = _first_sizes(loaded, items, method, options)
-    while True:
-        try:
-            batch = _attribute_batch(loaded, items, method, options, chunk, step_group)
-            break
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            release_memory()
-            if method.is_gradient and chunk > 1:
-                chunk //= 2
-                log.warning("out of memory attributing %d prompt(s); retrying with target_chunk=%d", len(items), chunk)
-                continue
-            if len(items) > 1:
-                half = len(items) // 2
-                log.warning("out of memory attributing %d prompts; splitting the batch in two", len(items))
-                narrower = {**options, "target_chunk": chunk} if method.is_gradient else options
-                return _attribute_resilient(loaded, items[:half], method, narrower) + _attribute_resilient(
-                    loaded, items[half:], method, narrower
-                )
-            if step_group > 1:
-                step_group = (step_group + 1) // 2
-                log.warning("out of memory; integrating %d steps per pass", step_group)
-                continue
-            failure = PromptFailure(
-                items[0].prompt.prompt_id,
-                "OutOfMemoryError",
-                f"out of memory attributing this prompt alone, in the smallest pieces: {exc}",
-            )
-            return [(items[0], failure)]
-    used = {**options, "target_chunk": chunk} if method.is_gradient else dict(options)
-    return _outcomes(loaded, items, method, batch, used)
+    pending = [_Attempt(items, chunk, step_group)]
+    outcomes: list[tuple[Item, AttributionOutput | PromptFailure]] = []
+    while pending:
+        attempt = pending.pop()
+        batch = _try_batch(loaded, attempt, method, options)
+        if isinstance(batch, BatchScores):
+            used = {**options, "target_chunk": attempt.chunk} if method.is_gradient else dict(options)
+            outcomes += _outcomes(loaded, attempt.items, method, batch, used)
+            continue
+        release_memory()  # outside the `except`: the failed attempt's traceback and graph are gone
+        smaller = _smaller_attempts(attempt, batch, method)
+        if smaller:
+            pending += reversed(smaller)
+            continue
+        item = attempt.items[0]
+        message = f"out of memory attributing this prompt alone, in the smallest pieces: {batch.message}"
+        outcomes.append((item, PromptFailure(item.prompt.prompt_id, "OutOfMemoryError", message)))
+    return outcomes
+
+
+def _try_batch(
+    loaded: LoadedModel, attempt: _Attempt, method: NativeMethod, options: dict[str, Any]
+) -> BatchScores | _OutOfMemory:
+    try:
+        return _attribute_batch(loaded, attempt.items, method, options, attempt.chunk, attempt.step_group)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        return _OutOfMemory(failed_phase(exc), str(exc))
+
+
+def _smaller_attempts(attempt: _Attempt, failure: _OutOfMemory, method: NativeMethod) -> list[_Attempt]:
+    """The attempts to make instead of one that ran out of memory (none: it can't be cut smaller)."""
+    items, chunk, step_group = attempt.items, attempt.chunk, attempt.step_group
+    if failure.phase == BACKWARD and method.is_gradient and chunk > 1:
+        log.warning("out of memory attributing %d prompt(s); retrying with target_chunk=%d", len(items), chunk // 2)
+        return [_Attempt(items, chunk // 2, step_group)]
+    if len(items) > 1:
+        half = len(items) // 2
+        log.warning("out of memory (%s) attributing %d prompts; splitting the batch in two", failure.phase, len(items))
+        return [_Attempt(items[:half], chunk, step_group), _Attempt(items[half:], chunk, step_group)]
+    if failure.phase != PREPARE and step_group > 1:  # the plain pass for p(y) has one row whatever the group
+        log.warning("out of memory (%s); integrating %d steps per pass", failure.phase, (step_group + 1) // 2)
+        return [_Attempt(items, chunk, (step_group + 1) // 2)]
+    return []
 
 
 def _attribute_batch(
