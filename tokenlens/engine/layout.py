@@ -49,6 +49,8 @@ class BatchScores:
     probabilities: list[list[float]]
     forward_s: float
     backward_s: float
+    #: The attention implementation the batch's passes ran ("eager", "sdpa", ...; engine/attention.py).
+    attention: str | None = None
 
 
 @dataclass
