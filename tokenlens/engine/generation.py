@@ -16,7 +16,7 @@ from typing import Any
 
 from tokenlens.engine.attention import attention_implementation, memory_efficient_attention
 from tokenlens.engine.types import PromptInput
-from tokenlens.models import LoadedModel
+from tokenlens.models import LoadedModel, input_device
 
 #: generation_params keys our own greedy loop honours; anything else goes to `model.generate`.
 GREEDY_LOOP_PARAMS = frozenset(
@@ -127,7 +127,7 @@ def _left_pad(loaded: LoadedModel, sequences: Sequence[Sequence[int]]) -> tuple[
         if seq:
             ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
             mask[row, width - len(seq) :] = 1
-    device = loaded.model.device
+    device = input_device(loaded.model)
     return ids.to(device), mask.to(device)
 
 
