@@ -69,7 +69,7 @@ SMOKE_SHAPES: dict[str, dict[str, Any]] = {
     for name in ("smollm2-135m", "llama-3.2-1b", "llama-3-8b")
 }  # fmt: skip
 #: Seconds each step may take (a guide for the order, and what the total is checked against).
-BUDGET_S = {"build": 30, "exactness": 40, "batching": 20, "timing": 90, "long": 120, "oom": 30}
+BUDGET_S = {"build": 30, "exactness": 40, "batching": 20, "shard": 30, "timing": 90, "long": 120, "oom": 30}
 TOTAL_BUDGET_S = 420
 
 
@@ -278,6 +278,38 @@ def step_batching(rec: Recorder, loaded: Any, shape: str, new_tokens: int, n_ste
         rec.record({"step": f"batching:{shape}:{loaded.dtype}:{method}", "ok": diff <= 1e-4, "relative_diff": diff})
 
 
+def step_sharded(rec: Recorder, base: Any, shape: str, new_tokens: int) -> None:
+    """The model sharded over two GPUs (tokenlens.models' balanced device map) gives the one-GPU numbers."""
+    import torch
+
+    from tokenlens.models import LoadedModel, plan_device_map, shard_model
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible < 2:
+        rec.record({"step": f"shard:{shape}", "ok": None, "skipped": f"{visible} GPU(s) visible; sharding needs 2"})
+        return
+    model = copy.deepcopy(base.model).to("cpu")
+    weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    plan = plan_device_map(model, {0: weights, 1: weights}, base.model_id)
+    sharded = LoadedModel(base.model_id, shard_model(model, plan), base.tokenizer, "cuda:0,1", base.dtype)
+    ids = chat_ids(base, PROMPTS[0])
+    for method in ("saliency", "integrated_gradients"):
+        given = {"n_steps": 4} if method == "integrated_gradients" else {}
+        one = native(base, [prompt_input("s", ids, new_tokens)], method, **given)[0]
+        two = native(sharded, [prompt_input("s", ids, new_tokens)], method, **given)[0]
+        same_tokens = list(one.output_ids) == list(two.output_ids)
+        diff = relative_difference(np.asarray(two.scores), np.asarray(one.scores)) if same_tokens else float("inf")
+        rec.record(
+            {
+                "step": f"shard:{shape}:float32:{method}",
+                "ok": same_tokens and diff <= F32_TOLERANCE[method],
+                "relative_diff": diff,
+                "devices": sorted({str(device) for device in plan.values()}),
+            }
+        )
+    del sharded, model
+
+
 def inseq_seconds(loaded: Any, ids: list[int], new_tokens: int) -> float:
     from inseq_timing import timed_inseq_attribute  # bench/ is on sys.path when this file runs
 
@@ -461,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         guarded(rec, f"exactness:{shape}", lambda h=holder, s=shape: step_exactness(rec, h["f32"], s, 12))
         guarded(rec, f"batching:{shape}", lambda h=holder, s=shape: step_batching(rec, h["f32"], s, 12, 4))
+        if shape == "smollm2-135m":
+            guarded(rec, f"shard:{shape}", lambda h=holder, s=shape: step_sharded(rec, h["f32"], s, 12))
         del holder["f32"]
         guarded(rec, f"timing:{shape}", lambda h=holder, s=shape: step_timing(rec, h["bf16"], s, 4, new_tokens))
         if shape == "llama-3.2-1b":

@@ -26,6 +26,7 @@ from tokenlens.cli_options import (
     results_option,
     run_id_option,
 )
+from tokenlens.devices import DEVICES_HELP
 from tokenlens.engine.registry import list_methods, refusal_reason, runnable_methods
 from tokenlens.settings import Settings
 
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
         f"{defaults.ENGINE_BATCH_SIZES['inseq']} Inseq)."
     ),
 )
-@device_option(defaults.DEVICE, "auto|cpu|cuda|cuda:N")
+@device_option(defaults.DEVICE, f"{DEVICES_HELP}: several GPUs shard the model; auto: every visible GPU, else CPU")
 @dtype_option()
 @click.option(
     "--max-attempts",

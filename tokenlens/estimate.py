@@ -20,8 +20,9 @@ Where each number comes from:
   Generation is bound by reading the weights once per step, shared by the prompts decoded together: weight
   bytes / memory bandwidth per step.
 - **Peak memory** for one prompt alone (the engine's minimum; batches only add): weights, the forward graph kept
-  for the backward passes (activations, keys and values per segment, and eager attention's L^2 probabilities in
-  float32 plus a copy), one backward call's transient memory, the LM-head rows, and integrated gradients'
+  for the backward passes (activations, keys and values per segment; no L^2 attention term, as the gradient
+  passes run SDPA; the `attention` method's eager weights: L^2 per head in float32 plus a copy), one backward
+  call's transient memory, the LM-head rows, and integrated gradients'
   float32 accumulator. A prompt above `--gpu-memory` will not fit whatever the batch size.
 - **Result bytes**: results encoded by `tokenlens.result_codec` itself (a sample of prompts with scores of the
   right shape; the rest scaled by matrix cells).
@@ -279,10 +280,13 @@ def attribution_flops(shape: ModelShape, n_in: int, n_out: int, method: str, n_s
     return steps * (forward + backward) + (forward if steps > 1 else 0.0)
 
 
-def graph_bytes(shape: ModelShape, length: int, element_bytes: int) -> int:
-    """What a forward pass over `length` positions saves for backward: activations and eager attention's
-    probabilities (float32, plus a copy in the model's dtype)."""
+def graph_bytes(shape: ModelShape, length: int, element_bytes: int, attention_weights: bool = False) -> int:
+    """What a forward pass over `length` positions keeps: activations, and with `attention_weights` (eager
+    attention: the `attention` method) every head's probabilities (float32, plus a copy in the model's dtype).
+    The gradient passes run SDPA, which keeps no L^2 tensor per head (tokenlens/engine/attention.py)."""
     activations = shape.layers * length * element_bytes * (12 * shape.hidden + 4 * shape.intermediate)
+    if not attention_weights:
+        return activations
     return activations + shape.layers * shape.heads * length * length * (4 + element_bytes)
 
 
@@ -290,11 +294,11 @@ def peak_bytes(shape: ModelShape, n_in: int, n_out: int, method: str, element_by
     """One prompt's peak memory attributed alone (see the module docstring)."""
     length = n_in + n_out
     weights = shape.total_params * element_bytes
-    graph = graph_bytes(shape, length, element_bytes)
     if method == "attention":
-        return weights + graph
+        return weights + graph_bytes(shape, length, element_bytes, attention_weights=True)
+    graph = graph_bytes(shape, length, element_bytes)
     keys_values = shape.layers * KV_COPIES * 2 * shape.kv_dim * length * element_bytes
-    backward = length * element_bytes * (2 * shape.intermediate + 4 * shape.hidden + 2 * shape.heads * length)
+    backward = length * element_bytes * (2 * shape.intermediate + 4 * shape.hidden + 2 * shape.heads)
     head_rows = min(n_out, LM_HEAD_ROWS) * shape.vocab * 4 * 3
     accumulator = 4 * n_out * length * shape.hidden if method == "integrated_gradients" else 0
     return weights + graph + keys_values + backward + head_rows + accumulator

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from tokenlens import defaults
-from tokenlens.errors import ModelLoadError, TokenLensError, UnknownModelAliasError
+from tokenlens.devices import cuda_device, parse_device, visible_gpus_device
+from tokenlens.errors import ConfigError, ModelLoadError, TokenLensError, UnknownModelAliasError
 from tokenlens.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEVICES_HELP = "auto|cpu|cuda|cuda:N"
 #: The dtypes a model can compute in; what metadata and resume identity record.
 DTYPES = ("float32", "float16", "bfloat16")
 #: What `--dtype` accepts: a dtype, or "auto" (bfloat16 on CUDA, float32 on the CPU; `resolve_dtype_name`).
@@ -264,23 +264,40 @@ def check_model_spec(spec: str) -> None:
 
 
 def resolve_device(device: str) -> str:
+    """The device a model loads on: "cpu", "cuda", "cuda:N", or "cuda:N,M,..." (sharded over those GPUs).
+
+    `auto` is every visible GPU (one: "cuda"; several: all of them, sharded), else the CPU. Raises
+    ModelLoadError naming the devices asked for, the GPUs this process sees and the fix.
+    """
     import torch
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ModelLoadError(f"device {device!r} asked for, but no CUDA GPU is visible; use --device cpu")
-        count = torch.cuda.device_count()
-        if device != "cuda" and int(device[5:]) >= count:
-            raise ModelLoadError(
-                f"device {device!r} asked for, but this machine has {count} visible GPU(s) (cuda:0 to "
-                f"cuda:{count - 1}); pick one of them or use --device cuda"
-            )
-        return device
-    raise ModelLoadError(f"unknown device {device!r}; use one of {DEVICES_HELP}")
+    try:
+        request = parse_device(device)
+    except ConfigError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if request.kind == "cpu":
+        return "cpu"
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if request.kind == "auto":
+        return visible_gpus_device(count) if count else "cpu"
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f" (CUDA_VISIBLE_DEVICES={pinned!r} numbers the visible ones from 0)" if pinned is not None else ""
+    if count == 0:
+        raise ModelLoadError(f"device {device!r} asked for, but no CUDA GPU is visible{seen}; use --device cpu")
+    missing = [index for index in request.indices if index >= count]
+    if missing:
+        raise ModelLoadError(
+            f"device {device!r} asked for, but this process sees {count} GPU(s), cuda:0 to cuda:{count - 1}{seen}, "
+            f"so not {', '.join(f'cuda:{index}' for index in missing)}; list only visible GPUs, or use --device auto "
+            "for all of them"
+        )
+    return cuda_device(request.indices) if request.indices else "cuda"
+
+
+def shard_devices(device: str) -> list[int]:
+    """The GPU indices a resolved device shards the model over ("cuda:0,1" -> [0, 1]); empty for one device."""
+    request = parse_device(device)
+    return list(request.indices) if request.sharded else []
 
 
 def resolve_dtype_name(dtype: str, device: str) -> str:
@@ -420,6 +437,7 @@ def load_model(
 
     started = time.perf_counter()
     resolved_device = resolve_device(device)
+    shards = shard_devices(resolved_device)
     dtype = resolve_dtype_name(dtype, resolved_device)
     torch_dtype = resolve_dtype(dtype)
     check_model_spec(spec)
@@ -442,8 +460,16 @@ def load_model(
                     "decoder-only causal LMs (Llama, GPT-2, Mistral, Qwen, ...)"
                 )
             tokenizer = AutoTokenizer.from_pretrained(spec)
+            placement = {}
+            if shards:  # each shard loads straight onto its GPU: the whole model never passes through host RAM
+                skeleton = _skeleton(config, torch_dtype)
+                placement = {"device_map": plan_device_map(skeleton, gpu_weight_memory(shards), spec)}
             model = AutoModelForCausalLM.from_pretrained(
-                spec, config=config, **_dtype_kwarg(torch_dtype), attn_implementation=attn_implementation
+                spec,
+                config=config,
+                **_dtype_kwarg(torch_dtype),
+                attn_implementation=attn_implementation,
+                **placement,
             )
     except ModelLoadError:
         raise
@@ -463,8 +489,11 @@ def load_model(
     if tokenizer.pad_token_id is None:
         # Batched generation pads; EOS is the conventional pad for causal LMs.
         tokenizer.pad_token = tokenizer.eos_token
+    if not shards:
+        model.to(resolved_device)
+    elif not getattr(model, "hf_device_map", None):  # a GGUF file, converted on the CPU first
+        model = shard_model(model, plan_device_map(model, gpu_weight_memory(shards), spec))
     model = text_only_model(model)
-    model.to(resolved_device)
     model.eval()
     elapsed = time.perf_counter() - started
     log.info("loaded %s on %s (%s) in %.1fs", spec, resolved_device, dtype, elapsed)
@@ -475,5 +504,72 @@ def load_model(
         device=resolved_device,
         dtype=dtype,
         load_time_s=elapsed,
-        info={"model_class": type(model).__name__, "model_type": model.config.model_type},
+        info={"model_class": type(model).__name__, "model_type": model.config.model_type, **_placement_info(model)},
     )
+
+
+#: Of each GPU's free memory, what a sharded model's weights may take; the rest is for the attribution passes.
+WEIGHTS_SHARE_OF_GPU = 0.9
+
+
+def gpu_weight_memory(indices: list[int]) -> dict[int, int]:
+    """Bytes each listed GPU may hold of a sharded model's weights (accelerate's `max_memory`)."""
+    import torch
+
+    return {index: int(torch.cuda.mem_get_info(index)[0] * WEIGHTS_SHARE_OF_GPU) for index in indices}
+
+
+def plan_device_map(model: Any, memory: dict[int, int], model_id: str) -> dict[str, Any]:
+    """Which device holds each part of `model` (a meta skeleton or a loaded model): accelerate's balanced map over
+    the GPUs of `memory` (bytes each may hold), whole decoder layers each, tied weights together.
+
+    Balanced, not filled GPU by GPU: every GPU keeps the same room for the graph of its own layers, which is what
+    the engine's memory model assumes (engine/memory.py `budget_bytes`). A model that does not fit is refused here,
+    before anything loads, instead of being offloaded to the CPU or disk.
+    """
+    from accelerate.utils import get_balanced_memory, infer_auto_device_map
+
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    balanced = get_balanced_memory(model, max_memory=dict(memory), no_split_module_classes=no_split)
+    device_map = dict(infer_auto_device_map(model, max_memory=balanced, no_split_module_classes=no_split))
+    if any(device not in memory for device in device_map.values()):
+        weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+        raise ModelLoadError(
+            f"model {model_id} does not fit on {cuda_device(list(memory))}: its weights take {weights / 2**30:.1f} "
+            f"GiB and those GPUs have {sum(memory.values()) / 2**30:.1f} GiB free for them; list more GPUs "
+            "(--device cuda:0,1,2,... or the worker's --gpu 0,1,2,...), free them, or use --dtype bfloat16"
+        )
+    return device_map
+
+
+def shard_model(model: Any, device_map: dict[str, Any]) -> Any:
+    """Place a loaded model's parts as `device_map` says, with accelerate's hooks moving activations between them
+    (installed even when every part maps to one device, so the CPU tests run the path a multi-GPU run takes)."""
+    from accelerate import dispatch_model
+
+    return dispatch_model(model, device_map=device_map, main_device=next(iter(device_map.values())), force_hooks=True)
+
+
+def input_device(model: Any) -> Any:
+    """Where token ids and input embeddings go: the input embedding's device (a sharded model's first GPU)."""
+    return model.get_input_embeddings().weight.device
+
+
+def _skeleton(config: Any, torch_dtype: Any) -> Any:
+    """The model `config` describes, on the meta device in `torch_dtype`: every shape, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, **_dtype_kwarg(torch_dtype))  # type: ignore[no-untyped-call]
+
+
+def _placement_info(model: Any) -> dict[str, Any]:
+    """For a sharded model: how many of its parts each device holds."""
+    device_map = getattr(model, "hf_device_map", None)
+    if not device_map or len(set(device_map.values())) < 2:
+        return {}
+    parts: dict[str, int] = {}
+    for device in device_map.values():
+        parts[str(device)] = parts.get(str(device), 0) + 1
+    return {"device_parts": parts}

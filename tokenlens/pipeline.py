@@ -211,6 +211,7 @@ def build_result(
         contrast_target=record.contrast_target if _is_contrastive(output.method_params) else None,
         device=loaded.device,
         dtype=loaded.dtype,
+        attention_implementation=output.attention_implementation,
     )
     data = AnalysisData(
         input_tokens=_token_infos(tokenizer, output.input_ids, input_mask, None),

@@ -92,6 +92,9 @@ class AnalysisMetadata(BaseModel):
     contrast_target: str | None = None
     device: str | None = None
     dtype: str | None = None
+    #: The attention implementation the attribution ran: "eager" where attention weights are needed (the
+    #: `attention` method, Inseq), "sdpa" (memory-efficient) for the native gradient passes.
+    attention_implementation: str | None = None
     #: The output tokens decoded together (special tokens kept): the text output tokens' spans point into.
     generated_text: str | None = None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenlens import defaults
+from tokenlens.devices import GPU_LIST_HELP, parse_gpu_list
 from tokenlens.errors import ConfigError
 from tokenlens.signing import check_key
 
@@ -62,8 +63,8 @@ class Settings:
     cache_dir: Path = field(default_factory=lambda: default_cache_dir(os.environ))
     #: The model of a worker started by `celery -A worker.app worker` (TOKENLENS_MODEL).
     worker_model: str | None = None
-    #: The GPU such a worker pins (TOKENLENS_GPU).
-    worker_gpu: int | None = None
+    #: The GPU(s) such a worker pins (TOKENLENS_GPU: N, or N,M,... to shard the model over several).
+    worker_gpu: tuple[int, ...] | None = None
     #: Its device (TOKENLENS_DEVICE).
     worker_device: str = defaults.DEVICE
     #: Its dtype (TOKENLENS_DTYPE).
@@ -99,7 +100,7 @@ class Settings:
             batch_time_limit_s=reader.seconds_or_default("batch_time_limit_s", defaults.BATCH_TIME_LIMIT_S),
             cache_dir=reader.path("cache_dir") or default_cache_dir(env),
             worker_model=reader.text("worker_model") or None,
-            worker_gpu=reader.optional_integer("worker_gpu", minimum=0),
+            worker_gpu=reader.gpu_list("worker_gpu"),
             worker_device=reader.text("worker_device") or defaults.DEVICE,
             worker_dtype=reader.text("worker_dtype") or defaults.DTYPE,
             metrics_port=reader.optional_integer("metrics_port", minimum=1, maximum=65535),
@@ -152,6 +153,16 @@ class _EnvReader:
         if value < minimum or (maximum is not None and value > maximum):
             raise self._fail(name, f"a whole number {bounds}")
         return value
+
+    def gpu_list(self, name: str) -> tuple[int, ...] | None:
+        """GPU indices, N or N,M,... (unset: None)."""
+        raw = self.text(name)
+        if not raw:
+            return None
+        try:
+            return parse_gpu_list(raw)
+        except ConfigError:
+            raise self._fail(name, f"{GPU_LIST_HELP}, each a whole number at least 0 and listed once") from None
 
     def integer(self, name: str, default: int, *, minimum: int) -> int:
         value = self.optional_integer(name, minimum=minimum)

@@ -15,10 +15,23 @@ import click
 from tokenlens import defaults
 from tokenlens.cli_options import broker_option, device_option, dtype_option, model_option
 from tokenlens.defaults import METRICS_HOST
+from tokenlens.devices import DEVICES_HELP
 from tokenlens.settings import Settings
 from worker.lease import SHUTDOWN_GRACE_S
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _gpu_list(context: click.Context, parameter: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    from tokenlens.devices import parse_gpu_list
+    from tokenlens.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return parse_gpu_list(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 WORKER_HELP = f"""Attribute the batches queued for MODEL until stopped.
@@ -41,12 +54,18 @@ Examples:
   tokenlens worker --model smollm2-135m-instruct
   tokenlens worker --model Qwen/Qwen2.5-7B-Instruct --gpu 1 --broker redis://queue:6379/0 \\
       --results s3://bucket/tokenlens --metrics-port 9801
+  tokenlens worker --model meta-llama/Llama-3.1-70B-Instruct --gpu 0,1   # sharded over two GPUs
 """
 
 
 @click.command("worker", help=WORKER_HELP)
 @model_option(required=True, help="Alias, Hugging Face id, local dir or .gguf (as given to submit).")
-@click.option("--gpu", type=int, help="GPU index to use; sets CUDA_VISIBLE_DEVICES=N before torch loads.")
+@click.option(
+    "--gpu",
+    metavar="N[,M,...]",
+    callback=_gpu_list,
+    help="GPU(s) to use; sets CUDA_VISIBLE_DEVICES before torch loads. Several: the model is sharded over them.",
+)
 @broker_option()
 @click.option(
     "--concurrency",
@@ -70,13 +89,13 @@ Examples:
     metavar="ADDRESS",
     help=f"Address the metrics server listens on (default: $TOKENLENS_METRICS_HOST, else {METRICS_HOST}).",
 )
-@device_option(None, "auto|cpu|cuda (default: cuda with --gpu, else auto).")
+@device_option(None, f"{DEVICES_HELP} (default: the --gpu GPUs, sharded if several; else auto).")
 @dtype_option(None, f" (default: $TOKENLENS_DTYPE, else {defaults.DTYPE})")
 @click.option("--hostname", help="Celery node name (default: tokenlens-<pid>@<host>).")
 @click.option("--loglevel", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True)
 def worker_command(
     model: str,
-    gpu: int | None,
+    gpu: tuple[int, ...] | None,
     broker_url: str | None,
     concurrency: int,
     results_urls: tuple[str, ...],
@@ -88,7 +107,7 @@ def worker_command(
     loglevel: str,
 ) -> None:
     """Attribute the batches queued for MODEL until stopped (help: WORKER_HELP)."""
-    from worker.runtime import pin_gpu
+    from worker.runtime import pin_gpu, worker_device
 
     if concurrency != 1:
         raise click.BadParameter(
@@ -120,7 +139,7 @@ def worker_command(
     # Load before consuming: a model that can't load raises here and no batch is ever taken.
     start_runtime(
         model,
-        device=device or ("cuda" if gpu is not None else defaults.DEVICE),
+        device=worker_device(gpu, device),
         dtype=dtype or settings.worker_dtype,
         settings=settings,
         metrics_port=metrics_port,

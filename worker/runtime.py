@@ -20,6 +20,7 @@ import redis
 
 from storage_backends import Storage, open_storage
 from tokenlens import defaults
+from tokenlens.devices import visible_gpus_device
 from tokenlens.errors import TokenLensError
 from tokenlens.locations import ResultsLocations
 from tokenlens.message_check import DoorPolicy
@@ -31,17 +32,32 @@ from worker.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 
-def pin_gpu(gpu: int | None) -> None:
-    """Make GPU `gpu` the only one this process sees (must run before torch is imported)."""
+def pin_gpu(gpu: int | Sequence[int] | None) -> None:
+    """Make GPU `gpu` (or the GPUs listed) the only ones this process sees (must run before torch is imported).
+
+    torch then numbers them from 0: `--gpu 2,3` is cuda:0 and cuda:1 inside the worker (`worker_device`).
+    """
     if gpu is None:
         return
-    if gpu < 0:
-        raise TokenLensError(f"--gpu {gpu} is not a GPU index; use 0, 1, ... (as nvidia-smi numbers them)")
+    gpus = [gpu] if isinstance(gpu, int) else list(gpu)
+    for index in gpus:
+        if index < 0:
+            raise TokenLensError(f"--gpu {index} is not a GPU index; use 0, 1, ... (as nvidia-smi numbers them)")
     import sys
 
     if "torch" in sys.modules:
         raise TokenLensError("--gpu must be applied before torch is imported; this is a bug in the worker start-up")
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in gpus)
+
+
+def worker_device(gpus: Sequence[int] | None, device: str | None) -> str:
+    """The device a worker loads its model on: `--device` if given; with `--gpu`, the GPUs it pinned (one: "cuda",
+    several: all of them, the model sharded); else the default (auto)."""
+    if device is not None:
+        return device
+    if gpus:
+        return visible_gpus_device(len(gpus))
+    return defaults.DEVICE
 
 
 @dataclass
@@ -144,11 +160,13 @@ def runtime_or_none() -> WorkerRuntime | None:
 
 
 def gpu_peak_memory_bytes(device: str) -> int:
-    """Peak GPU memory allocated since the last call (0 on CPU)."""
+    """Peak GPU memory allocated since the last call, summed over the GPUs this process sees (0 on CPU)."""
     if not device.startswith("cuda"):
         return 0
     import torch
 
-    peak = int(torch.cuda.max_memory_allocated())
-    torch.cuda.reset_peak_memory_stats()
+    peak = 0
+    for index in range(torch.cuda.device_count()):
+        peak += int(torch.cuda.max_memory_allocated(index))
+        torch.cuda.reset_peak_memory_stats(index)
     return peak

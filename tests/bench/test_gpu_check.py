@@ -67,5 +67,7 @@ def test_cpu_smoke_runs_every_step_and_writes_each_result(assets: Path, tmp_path
         assert float(str(written[f"timing:{shape}:bfloat16:saliency"]["prompts_per_hour"])) > 0
     assert written["long:llama-3-8b:bfloat16"]["ok"] is True
     assert written["oom:llama-3.2-1b"]["ok"] is None  # needs CUDA
+    assert written["shard:smollm2-135m"]["ok"] is None  # needs two GPUs, and says so
+    assert "sharding needs 2" in str(written["shard:smollm2-135m"]["skipped"])
     assert "| long:llama-3-8b:bfloat16 | ✓ |" in (tmp_path / "gpu_results.md").read_text()
     assert json.loads((tmp_path / "gpu_results.json").read_text())[-1]["step"] == "timing:llama-3-8b:bfloat16:saliency"

@@ -43,12 +43,23 @@ def test_gpu_pinning_happens_before_torch_and_limits_what_torch_sees() -> None:
     assert error == "TokenLensError"  # too late once torch is loaded
 
 
+def test_several_gpus_are_pinned_together() -> None:
+    proc = _python(
+        "import os\nfrom worker.runtime import pin_gpu\npin_gpu((2, 3))\nprint(os.environ['CUDA_VISIBLE_DEVICES'])"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "2,3"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--concurrency", "2"], "one batch at a time"),
         (["--gpu", "0", "--device", "cpu"], "--gpu pins a GPU"),
         (["--gpu", "-1"], "is not a GPU index"),
+        (["--gpu", "0,x"], "is not a GPU index"),
+        (["--gpu", "1,1"], "lists GPU 1 twice"),
+        (["--gpu", "0,1", "--device", "cpu"], "--gpu pins a GPU"),
     ],
 )
 def test_bad_worker_flags_are_refused(flags: list[str], message: str) -> None:

@@ -55,7 +55,7 @@ def test_every_variable_sets_its_field_and_flags_win() -> None:
     assert settings.cache_dir == Path("/models")
     assert (settings.worker_model, settings.worker_gpu, settings.worker_device, settings.worker_dtype) == (
         "org/model",
-        1,
+        (1,),
         "cuda",
         "bfloat16",
     )
@@ -77,6 +77,8 @@ def test_every_variable_sets_its_field_and_flags_win() -> None:
         ("TOKENLENS_BATCH_TIME_LIMIT", "an hour", "a number of seconds"),
         ("TOKENLENS_BATCH_TIME_LIMIT", "nan", "a finite number of seconds"),
         ("TOKENLENS_GPU", "-1", "a whole number at least 0"),
+        ("TOKENLENS_GPU", "0,0", "listed once"),
+        ("TOKENLENS_GPU", "0,", "N or N,M,..."),
         ("TOKENLENS_METRICS_PORT", "70000", "a whole number from 1 to 65535"),
     ],
 )
@@ -132,3 +134,7 @@ def test_settings_is_the_only_module_that_reads_tokenlens_variables() -> None:
     assert offenders == [], f"read TOKENLENS_* through Settings.from_env() instead: {offenders}"
     # The check itself sees a read when there is one.
     assert _reads_tokenlens_env(ast.parse('import os\nos.environ.get("TOKENLENS_X")')) == [2]
+
+
+def test_a_worker_may_pin_several_gpus() -> None:
+    assert Settings.from_env({"TOKENLENS_GPU": "2, 3"}).worker_gpu == (2, 3)

@@ -10,13 +10,13 @@ whose generation config asks for them) is handed to `model.generate`.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from tokenlens.engine.attention import attention_implementation, memory_efficient_attention
 from tokenlens.engine.types import PromptInput
-from tokenlens.models import LoadedModel
+from tokenlens.models import LoadedModel, input_device
 
 #: generation_params keys our own greedy loop honours; anything else goes to `model.generate`.
 GREEDY_LOOP_PARAMS = frozenset(
@@ -106,11 +106,9 @@ def generate_greedy(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
     results: list[list[int]] = [[] for _ in prompts]
     use_hf = needs_hf_generate(loaded, params)
-    # Models load with eager attention (Inseq and the `attention` method need its weights); decoding only
-    # needs the outputs, and SDPA gives them about 10% faster on CPU (same tokens up to float rounding).
-    # Any other implementation the user chose (flash attention, say) is kept.
-    eager = getattr(loaded.model.config, "_attn_implementation", None) == "eager"
-    fast = "sdpa" if eager and getattr(loaded.model, "_supports_sdpa", False) else None
+    # Decoding needs attention's output only: SDPA gives it about 10% faster on CPU (same tokens up to float
+    # rounding) than the eager attention models load with (engine/attention.py).
+    fast = memory_efficient_attention(loaded.model)
     with torch.inference_mode(), attention_implementation(loaded.model, fast):
         for start in range(0, len(order), size):
             indices = order[start : start + size]
@@ -119,20 +117,6 @@ def generate_greedy(
             for index, output in zip(indices, outputs, strict=True):
                 results[index] = output
     return results
-
-
-@contextlib.contextmanager
-def attention_implementation(model: Any, name: str | None) -> Iterator[None]:
-    """Run the block with the model's attention implementation set to `name` (None: leave it as it is)."""
-    current = getattr(model.config, "_attn_implementation", None)
-    if name is None or current is None or current == name or not hasattr(model, "set_attn_implementation"):
-        yield
-        return
-    model.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(current)
 
 
 def _left_pad(loaded: LoadedModel, sequences: Sequence[Sequence[int]]) -> tuple[Any, Any]:
@@ -146,7 +130,7 @@ def _left_pad(loaded: LoadedModel, sequences: Sequence[Sequence[int]]) -> tuple[
         if seq:
             ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
             mask[row, width - len(seq) :] = 1
-    device = loaded.model.device
+    device = input_device(loaded.model)
     return ids.to(device), mask.to(device)
 
 

@@ -48,6 +48,10 @@ class HeadGradient:
 
         head = loaded.model.get_output_embeddings()
         self.weight = head.weight.detach()
+        # Where the head computes: the weight's own device. In a sharded model that need not be the last hidden
+        # state's (a head tied to the input embedding sits on the first GPU, the last layer on the last), and
+        # calling `head` itself would go through accelerate's hooks; so rows move to the weight, never the weight.
+        self.device = self.weight.device
         bias = getattr(head, "bias", None)
         self.bias = bias.detach() if bias is not None else None
         # The softmax and s W_y run in at least float32; p_masked^T W stays in the weight's dtype (a matmul
@@ -61,6 +65,9 @@ class HeadGradient:
         targets [n]; contrastive functions differentiate `contrast_ids` [n] instead of the targets."""
         import torch
 
+        home = hidden.device
+        hidden, token_ids = hidden.to(self.device), token_ids.to(self.device)
+        contrast_ids = contrast_ids.to(self.device) if contrast_ids is not None else None
         cotangents, probabilities = [], []
         for start in range(0, hidden.shape[0], LM_HEAD_ROWS):
             rows = slice(start, start + LM_HEAD_ROWS)
@@ -70,13 +77,13 @@ class HeadGradient:
             attributed = contrast_ids[rows] if self.contrastive else y
             cotangents.append(self._cotangent(p, attributed).to(hidden.dtype))
             probabilities.append(p_y)
-        return torch.cat(cotangents), torch.cat(probabilities)
+        return torch.cat(cotangents).to(home), torch.cat(probabilities).to(home)
 
     def distribution(self, hidden: Any) -> Any:
-        """softmax(W h + b) in at least float32, for hidden states [n, d]."""
+        """softmax(W h + b) in at least float32, for hidden states [n, d]; on the head's device."""
         import torch
 
-        logits = hidden @ self.weight.T
+        logits = hidden.to(self.device) @ self.weight.T
         if self.bias is not None:
             logits = logits + self.bias
         return torch.softmax(logits.to(self.compute_dtype), dim=-1)
@@ -106,7 +113,7 @@ def probabilities_from_hidden(
         part = picks[start : start + LM_HEAD_ROWS]
         rows = torch.tensor([p[0] for p in part], device=hidden.device)
         positions = torch.tensor([p[2] for p in part], device=hidden.device)
-        tokens = torch.tensor([p[3] for p in part], device=hidden.device)
+        tokens = torch.tensor([p[3] for p in part], device=head.device)
         p_y = head.distribution(hidden[rows, positions]).gather(-1, tokens[:, None]).squeeze(-1)
         for (row, k, _position, _token), value in zip(part, p_y.tolist(), strict=True):
             probabilities[row][k] = float(value)

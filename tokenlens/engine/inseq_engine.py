@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenlens.engine.attention import current_attention
 from tokenlens.engine.types import AttributionOutput, PromptFailure, PromptInput
 from tokenlens.errors import MethodOptionError
 from tokenlens.models import LoadedModel
@@ -174,6 +175,7 @@ def _attribute_each(
             converted.output_ids = list(prompt.target_ids)
         converted.token_probabilities = output_token_probabilities(loaded, converted.input_ids, converted.output_ids)
         converted.timings_s = {"attribution": elapsed, "total": time.perf_counter() - started}
+        converted.attention_implementation = current_attention(loaded.model)  # eager: Inseq needs the weights
         converted.inseq_native_json = native_json(result)
         outputs.append(converted)
     return outputs

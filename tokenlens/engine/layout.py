@@ -15,7 +15,7 @@ import numpy as np
 
 from tokenlens.engine.generation import pad_token_id
 from tokenlens.engine.types import PromptInput
-from tokenlens.models import LoadedModel
+from tokenlens.models import LoadedModel, input_device
 
 #: At most this many forward segments per pass: each keeps its own copy of the keys and values it attended
 #: to, so their number bounds the graph's memory; targets of a long segment take several backward calls.
@@ -49,6 +49,8 @@ class BatchScores:
     probabilities: list[list[float]]
     forward_s: float
     backward_s: float
+    #: The attention implementation the batch's passes ran ("eager", "sdpa", ...; engine/attention.py).
+    attention: str | None = None
 
 
 @dataclass
@@ -133,7 +135,7 @@ def build_layout(loaded: LoadedModel, items: Sequence[Item]) -> Layout:
         mask[row, pad:] = 1
         pads.append(pad)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    device = loaded.model.device
+    device = input_device(loaded.model)
     n_out = [len(item.output_ids) for item in items]
     contrasts = [item.prompt.contrast_ids for item in items]
     outputs = [list(item.output_ids) for item in items]

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenlens.engine.attention import saves_attention_weights
 from tokenlens.engine.layout import LM_HEAD_ROWS, MAX_SEGMENTS
 from tokenlens.errors import MethodOptionError
 from tokenlens.models import LoadedModel
@@ -46,15 +48,23 @@ class MemoryModel:
     #: The most the device can give the engine at all (0: the budget). A prompt whose smallest pieces need
     #: more is refused before anything runs (engine/native.py); the budget above only sizes the pieces.
     capacity_bytes: int = 0
+    #: Whether the gradient passes run eager attention, which keeps every head's O(L^2) probabilities in the
+    #: graph; SDPA keeps one log-sum-exp per head and position instead (engine/attention.py).
+    saves_attention_weights: bool = True
 
     def graph_bytes(self, width: int) -> int:
         """Saved activations of one token-row through the whole model (keys/values once per segment)."""
         per_layer = 12 * self.hidden + 4 * self.intermediate + 2 * (MAX_SEGMENTS + 1) * self.hidden
-        return self.layers * self.element_bytes * (per_layer + 2 * self.heads * width)
+        return self.layers * self.element_bytes * (per_layer + self.gradient_attention_elements(width))
 
     def backward_bytes(self, width: int) -> int:
         """Transient gradient memory of one target slot for one token-row (one layer at a time)."""
-        return self.element_bytes * (2 * self.intermediate + 4 * self.hidden + 2 * self.heads * width)
+        return self.element_bytes * (2 * self.intermediate + 4 * self.hidden + self.gradient_attention_elements(width))
+
+    def gradient_attention_elements(self, width: int) -> int:
+        """Attention's own saved (or transient) elements per token-row and layer in a gradient pass: every head's
+        probabilities over `width` keys under eager attention; one float32 log-sum-exp per head under SDPA."""
+        return 2 * self.heads * (width if self.saves_attention_weights else 1)
 
     def attention_bytes(self, width: int) -> int:
         """One row's attention weights (every layer and head, kept until averaged) and forward activations."""
@@ -106,16 +116,22 @@ def memory_model(loaded: LoadedModel) -> MemoryModel:
     embeddings = loaded.model.get_input_embeddings().weight
     element_bytes = torch.finfo(embeddings.dtype).bits // 8
     vocab = int(getattr(config, "vocab_size", None) or embeddings.shape[0])
-    device = torch.device(loaded.device)
-    if device.type == "cuda":
-        budget = cuda_budget_bytes(device)
-        capacity = 2 * budget  # the budget is half of what the device can give
+    budget = budget_bytes(loaded.model)
+    if any(torch.device(device).type == "cuda" for device in layer_devices(loaded.model)):
+        capacity = 2 * budget  # the budget is half of what the devices can give
     else:
-        budget = CPU_MEMORY_BUDGET_BYTES
-        with contextlib.suppress(ValueError, OSError, AttributeError):
-            budget = min(budget, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
         capacity = cpu_available_bytes()
-    return MemoryModel(int(budget), layers, hidden, intermediate, heads, element_bytes, vocab, capacity)
+    return MemoryModel(
+        int(budget),
+        layers,
+        hidden,
+        intermediate,
+        heads,
+        element_bytes,
+        vocab,
+        capacity,
+        saves_attention_weights(loaded.model),
+    )
 
 
 def cpu_available_bytes() -> int:
@@ -127,6 +143,41 @@ def cpu_available_bytes() -> int:
     with contextlib.suppress(ValueError, OSError, AttributeError):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return 0
+
+
+def budget_bytes(model: Any) -> int:
+    """The budget of the whole pass, read from every device holding decoder layers.
+
+    A pass's graph is per layer, and a sharded model's layers sit on several devices (tokenlens.models loads it
+    with accelerate's balanced device map), each holding the graph of its own layers. The pass fits when every
+    device's budget covers its share, so the budget is the smallest of budget(device) x layers / layers on it:
+    for two GPUs holding 16 of 32 layers each, twice the smaller GPU's budget. One device: its own budget.
+    """
+    counts = Counter(str(device) for device in layer_devices(model))
+    total = sum(counts.values())
+    return min(device_budget_bytes(name) * total // count for name, count in counts.items())
+
+
+def layer_devices(model: Any) -> list[Any]:
+    """The device of each decoder layer's weights (the input embedding's, for a model without a layer list)."""
+    import torch
+
+    lists = [child for child in model.base_model.children() if isinstance(child, torch.nn.ModuleList)]
+    layers: Any = max(lists, key=len, default=[])
+    devices = [next(layer.parameters()).device for layer in layers if any(True for _ in layer.parameters())]
+    return devices or [model.get_input_embeddings().weight.device]
+
+
+def device_budget_bytes(device: str) -> int:
+    """Memory the engine plans to use on one device: half the usable CUDA memory, or the CPU budget."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return cuda_budget_bytes(torch.device(device))
+    budget = CPU_MEMORY_BUDGET_BYTES
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        budget = min(budget, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
+    return budget
 
 
 def cuda_budget_bytes(device: Any) -> int:

@@ -99,9 +99,15 @@ class GradientMethod(NativeMethod):
     def attribute_batch(
         self, loaded: LoadedModel, items: list[Item], options: dict[str, Any], chunk: int, step_group: int
     ) -> BatchScores:
+        from tokenlens.engine.attention import attention_implementation, memory_efficient_attention
         from tokenlens.engine.gradient_pass import gradient_batch
 
-        return gradient_batch(loaded, items, self, options, chunk, step_group)
+        # No attention weights are needed here: memory-efficient attention keeps no O(L^2) tensor per head in
+        # the graph (engine/attention.py), and the memory model plans for that (memory.py).
+        with attention_implementation(loaded.model, memory_efficient_attention(loaded.model)) as attention:
+            batch = gradient_batch(loaded, items, self, options, chunk, step_group)
+        batch.attention = attention
+        return batch
 
 
 class Saliency(GradientMethod):
@@ -185,7 +191,7 @@ class Attention(NativeMethod):
 
         import torch
 
-        from tokenlens.engine.generation import attention_implementation
+        from tokenlens.engine.attention import attention_implementation
         from tokenlens.engine.head_gradient import HeadGradient, probabilities_from_hidden
         from tokenlens.engine.layout import BatchScores, build_layout
         from tokenlens.engine.memory import FORWARD, out_of_memory_phase
@@ -204,9 +210,12 @@ class Attention(NativeMethod):
             )
             if not output.attentions:
                 raise MethodOptionError(f"model {loaded.model_id} returned no attention weights; use --engine inseq")
-            head_index = torch.tensor(heads, device=layout.ids.device)
-            # Inseq averages over layers, then heads; with equal counts that is one mean over both.
-            weights = torch.stack([output.attentions[layer].index_select(1, head_index) for layer in layers], dim=1)
+            # Inseq averages over layers, then heads; with equal counts that is one mean over both. A sharded
+            # model's layers (and their weights) live on several devices: gather them on the inputs' device.
+            head_index = torch.tensor(heads)
+            weights = torch.stack(
+                [_heads_of(output.attentions[layer], head_index, layout.ids.device) for layer in layers], dim=1
+            )
             mean = weights.float().mean(dim=(1, 2)).cpu().numpy()  # [B, query, key]
             head = HeadGradient(loaded, "probability")
             probabilities_from_hidden(layout, output.last_hidden_state, head, probabilities)
@@ -215,7 +224,7 @@ class Attention(NativeMethod):
             for row, k, _token in layout.targets_at(position):
                 pad = layout.pads[row]
                 scores[row][k, : position + 1 - pad] = mean[row, position, pad : position + 1]
-        return BatchScores(scores, probabilities, forward_s, 0.0)
+        return BatchScores(scores, probabilities, forward_s, 0.0, attention="eager")
 
     @staticmethod
     def _layers_and_heads(loaded: LoadedModel, options: dict[str, Any]) -> tuple[list[int], list[int]]:
@@ -226,6 +235,11 @@ class Attention(NativeMethod):
             _resolve_indices("layers", options.get("layers"), n_layers),
             _resolve_indices("heads", options.get("heads"), n_heads),
         )
+
+
+def _heads_of(weights: Any, head_index: Any, device: Any) -> Any:
+    """The chosen heads of one layer's attention weights [B, heads, query, key], on `device`."""
+    return weights.index_select(1, head_index.to(weights.device)).to(device)
 
 
 def _resolve_indices(name: str, values: list[int] | None, count: int) -> list[int]:

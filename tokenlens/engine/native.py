@@ -428,6 +428,7 @@ def _outcomes(
             engine="native",
             method_params=used,
             timings_s=timings,
+            attention_implementation=batch.attention,
         )
         outcomes.append((item, output))
     return outcomes

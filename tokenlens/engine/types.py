@@ -52,6 +52,8 @@ class AttributionOutput:
     engine: str
     method_params: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: The attention implementation the attribution passes ran ("eager", "sdpa", ...), when known.
+    attention_implementation: str | None = None
     #: Inseq's native FeatureAttributionOutput as JSON text, when Inseq ran.
     inseq_native_json: str | None = None
 
