@@ -115,20 +115,28 @@ def test_head_bytes_bound_what_the_closed_form_head_holds(tiny_llama_dir: Path, 
     assert meter.peak <= modelled <= 2 * meter.peak
 
 
-def llama3_8b(element_bytes: int, capacity_bytes: int) -> MemoryModel:
-    """Llama-3-8B's shape (config.json of meta-llama/Meta-Llama-3-8B) with a device that can give it this much."""
-    return MemoryModel(capacity_bytes // 2, 32, 4096, 14336, 32, element_bytes, 128256, capacity_bytes)
+def llama3_8b(element_bytes: int, capacity_bytes: int, saves_attention_weights: bool = False) -> MemoryModel:
+    """Llama-3-8B's shape (config.json of meta-llama/Meta-Llama-3-8B) with a device that can give it this much;
+    gradient passes run SDPA unless `saves_attention_weights` (eager attention)."""
+    return MemoryModel(
+        capacity_bytes // 2, 32, 4096, 14336, 32, element_bytes, 128256, capacity_bytes, saves_attention_weights
+    )
 
 
-def test_the_issue_prompt_fits_an_h200_in_bfloat16_and_float32_is_refused_on_an_h100() -> None:
+@pytest.mark.parametrize("eager", [False, True], ids=["sdpa", "eager"])
+def test_the_issue_prompt_fits_an_h200_in_bfloat16_and_float32_is_refused_on_an_h100(eager: bool) -> None:
     """2,000 + 512 tokens on the 8B shape must run without a failed attempt on an H200 (141 GB, 16 GB of it
-    bfloat16 weights); in float32 on an H100 (80 GB, 32 GB of it weights) it can never run and is refused."""
+    bfloat16 weights); in float32 on an H100 (80 GB, 32 GB of it weights) it can never run and is refused,
+    with SDPA in the gradient passes (as they run) and with eager attention alike. SDPA needs less than eager."""
     saliency = NATIVE_METHODS["saliency"]
     options = validate_options("saliency", {})
-    h200 = llama3_8b(2, 141 * 10**9 - 16 * 10**9)
+    h200 = llama3_8b(2, 141 * 10**9 - 16 * 10**9, eager)
     assert saliency.alone_bytes(h200, 2512, 512, options) <= h200.limit_bytes
-    h100 = llama3_8b(4, 80 * 10**9 - 32 * 10**9)
+    h100 = llama3_8b(4, 80 * 10**9 - 32 * 10**9, eager)
     assert saliency.alone_bytes(h100, 2512, 512, options) > h100.limit_bytes
+    if eager:
+        sdpa = llama3_8b(2, 141 * 10**9 - 16 * 10**9, False)
+        assert saliency.alone_bytes(sdpa, 2512, 512, options) < saliency.alone_bytes(h200, 2512, 512, options)
     ig = NATIVE_METHODS["integrated_gradients"]
     ig_options = validate_options("integrated_gradients", {})
     # integrated gradients adds its float32 accumulator: 4 bytes x 512 targets x 2,512 positions x 4,096 (~21 GB)
