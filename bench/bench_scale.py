@@ -330,6 +330,9 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
         storage = LocalStorage(tmp / f"local-{n}", fsync=False)
         started = time.perf_counter()
         make_run(storage, f"run-{n}", n)
+        # The run was written without fsync: flush it now, or the kernel's writeback of 100k fresh files runs
+        # during the fetch below and is billed to it (measured: 0.86x the 1k rate unsynced, 0.98x synced).
+        os.sync()
         print(f"made a {n}-prompt local run in {time.perf_counter() - started:.0f} s", flush=True)
         local[n] = measure_reads(storage, f"run-{n}", broker, None)
         local[n]["fetch_fps"] = measure_fetch(storage, f"run-{n}", tmp / f"fetched-{n}")
