@@ -167,7 +167,7 @@ def test_starts_one_worker_per_gpu_and_stops_them_cleanly(run_sbatch: Any, tmp_p
     assert ports == [9804, 9805], "ports follow the node-wide GPU numbers, so two jobs on a node don't clash"
     for start in starts:
         context = parse_cli(start["argv"])
-        assert context.params["gpu"] == int(start["gpu"])
+        assert context.params["gpu"] == (int(start["gpu"]),)
         assert context.params["model"] == "smollm2-135m-instruct"
     (target_file,) = sd_dir.glob("*.json")
     (group,) = json.loads(target_file.read_text(encoding="utf-8"))

@@ -48,7 +48,7 @@ def test_exec_start_is_accepted_by_the_cli_for_each_gpu(instance: str) -> None:
     argv = expand_unit_command(unit_value(UNIT, "Service", "ExecStart"), instance, env)
     assert Path(argv[0]).name == "tokenlens"
     context = parse_cli(argv[1:])
-    assert context.params["gpu"] == int(instance), "the instance name is the GPU index"
+    assert context.params["gpu"] == (int(instance),), "the instance name is the GPU index (one GPU each)"
     assert context.params["model"] == env["TOKENLENS_MODEL"]
     assert 1024 < context.params["metrics_port"] < 65536
 
