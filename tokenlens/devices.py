@@ -51,7 +51,7 @@ def parse_gpu_list(text: str, *, what: str = "--gpu") -> tuple[int, ...]:
         raise ConfigError(f"{what} names no GPU; use {GPU_LIST_HELP}")
     indices: list[int] = []
     for part in parts:
-        if not part.isdigit():
+        if not (part.isascii() and part.isdigit()):  # "²".isdigit() is true, yet int("²") raises
             raise ConfigError(f"{what}: {part!r} is not a GPU index (a whole number at least 0); use {GPU_LIST_HELP}")
         index = int(part)
         if index in indices:

@@ -62,7 +62,14 @@ def test_gpu_lists_parse() -> None:
     assert parse_gpu_list("0") == (0,)
     assert parse_gpu_list("0,1") == (0, 1)
     assert parse_gpu_list(" 3 , 1 ") == (3, 1)
-    for bad, message in [("", "names no GPU"), ("0,x", "'x' is not a GPU index"), ("2,2", "lists GPU 2 twice")]:
+    bad_lists = [
+        ("", "names no GPU"),
+        ("0,x", "'x' is not a GPU index"),
+        ("2,2", "lists GPU 2 twice"),
+        ("0,\u00b2", "'\u00b2' is not a GPU index"),  # a digit to str.isdigit, not to int()
+        ("\u0661", "'\u0661' is not a GPU index"),  # an Arabic-Indic one, which int() would read as 1
+    ]
+    for bad, message in bad_lists:
         with pytest.raises(ConfigError, match=message):
             parse_gpu_list(bad)
 
