@@ -75,6 +75,10 @@ def test_csv_and_txt(tmp_path: Path) -> None:
         ("bad.jsonl", '{"prompt": "x", "temperature": 1}\n', "bad.jsonl:1: unknown field"),
         ("bad.jsonl", '["x"]\n', "bad.jsonl:1: each line must be a JSON object"),
         ("bad.jsonl", '{"prompt": "x", "max_new_tokens": 0}\n', "positive integer"),
+        # One object split over two lines, made up for by a line of two: every line is bad JSON on its own, yet
+        # the lines joined with commas parse as three objects.
+        ("bad.jsonl", '{"id": "a"\n"prompt": "p"}\n{"prompt": "x"},{"prompt": "y"}\n', "bad.jsonl:1: malformed JSON"),
+        ("bad.jsonl", '{"prompt": "p", "target": [0\n1]}\n', "bad.jsonl:1: malformed JSON"),
         ("bad.jsonl", "", "no prompts found"),
         ("bad.csv", "text\nhello\n", "bad.csv:1: the CSV header needs a 'prompt' column"),
         ("bad.xlsx", "whatever", "unknown prompt file type"),
